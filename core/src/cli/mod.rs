@@ -1,0 +1,63 @@
+//! The `flotilla` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod regtest;
+pub mod signer;
+
+/// Result of one CLI command; errors are printed, never panicked.
+pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Host many Lightning nodes; keys stay with the customer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run and drive a local btcd regtest chain.
+    #[command(subcommand)]
+    Regtest(regtest::RegtestCommand),
+    /// Signer tools.
+    #[command(subcommand)]
+    Signer(signer::SignerCommand),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Regtest(cmd) => regtest::run(cmd).await,
+            Command::Signer(cmd) => signer::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Node assembly and lifecycle (placeholder).

@@ -1,0 +1,10 @@
+//! Flotilla core: a host that runs many LDK nodes in one process, sharing one chain observer,
+//! one network graph and one database, with every key held by a signer on the customer's side.
+
+pub mod chain;
+pub mod cli;
+pub mod host;
+pub mod regtest;
+pub mod signer;
+pub mod store;
+pub mod wallet;

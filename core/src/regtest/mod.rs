@@ -1,0 +1,1 @@
+//! Local btcd regtest harness (placeholder).

@@ -1,0 +1,4 @@
+//! Signing: the one interface through which nodes reach key material.
+
+pub mod config;
+pub mod seed;

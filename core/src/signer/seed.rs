@@ -1,0 +1,1 @@
+//! Seed handling and node id derivation (placeholder).
