@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod demo;
+pub mod host;
 pub mod regtest;
 pub mod signer;
 
@@ -26,6 +28,10 @@ enum Command {
     /// Run and drive a local btcd regtest chain.
     #[command(subcommand)]
     Regtest(regtest::RegtestCommand),
+    /// Run a regtest chain and a host of N nodes, open channels, make payments, summarise.
+    Demo(demo::DemoArgs),
+    /// Run a host whose nodes are driven by JSON lines on stdin.
+    Host(host::HostArgs),
     /// Signer tools.
     #[command(subcommand)]
     Signer(signer::SignerCommand),
@@ -49,6 +55,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Host(args) => host::run(args).await,
             Command::Regtest(cmd) => regtest::run(cmd).await,
             Command::Signer(cmd) => signer::run(cmd).await,
         }

@@ -1,1 +1,18 @@
-//! Node assembly and lifecycle (placeholder).
+//! The host: many LDK nodes in one process, and what each of them is made of.
+
+mod accept;
+mod background;
+pub mod error;
+mod events;
+#[allow(clippy::module_inception)]
+mod host;
+pub mod logger;
+pub mod node;
+mod ops;
+mod peers;
+pub mod types;
+
+pub use error::HostError;
+pub use host::{Host, HostConfig};
+pub use node::{Node, PaymentOutcome};
+pub use ops::WalletBalance;

@@ -1,4 +1,6 @@
 //! Signing: the one interface through which nodes reach key material.
 
 pub mod config;
+pub mod in_process;
 pub mod seed;
+pub mod wallet_keys;

@@ -1,0 +1,85 @@
+//! One fee estimator for every node of a host, refreshed once per new block.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use lightning::chain::chaininterface::{
+    ConfirmationTarget, FeeEstimator, FEERATE_FLOOR_SATS_PER_KW,
+};
+use serde::Deserialize;
+
+use super::rpc::RpcClient;
+
+/// Estimates in sat per 1000 weight units, read lock-free by thousands of nodes.
+pub struct FeeCache {
+    /// Target for on-chain urgency (force-close sweeps, maximum).
+    urgent: AtomicU32,
+    /// Ordinary channel fee and closing fee.
+    normal: AtomicU32,
+    /// Background spends (sweeps of our own outputs, minimums).
+    background: AtomicU32,
+}
+
+/// Used when the chain node has no estimate (regtest, btcd without history): 2, 1 and 0.25 sat/vB.
+const FALLBACK_URGENT: u32 = 2000;
+const FALLBACK_NORMAL: u32 = 1000;
+const FALLBACK_BACKGROUND: u32 = FEERATE_FLOOR_SATS_PER_KW;
+
+impl Default for FeeCache {
+    fn default() -> Self {
+        FeeCache {
+            urgent: AtomicU32::new(FALLBACK_URGENT),
+            normal: AtomicU32::new(FALLBACK_NORMAL),
+            background: AtomicU32::new(FALLBACK_BACKGROUND),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SmartFee {
+    feerate: Option<f64>,
+}
+
+impl FeeCache {
+    /// Asks the chain node for estimates: `estimatesmartfee` (bitcoind), else `estimatefee`
+    /// (btcd, BTC/kvB, -1 when unknown). Keeps the fallbacks where neither knows.
+    pub async fn refresh(&self, rpc: &RpcClient) {
+        for (slot, blocks, fallback) in [
+            (&self.urgent, 2u16, FALLBACK_URGENT),
+            (&self.normal, 6, FALLBACK_NORMAL),
+            (&self.background, 144, FALLBACK_BACKGROUND),
+        ] {
+            let btc_per_kvb = match rpc
+                .call::<SmartFee>("estimatesmartfee", serde_json::json!([blocks]))
+                .await
+            {
+                Ok(SmartFee { feerate: Some(rate) }) => Some(rate),
+                Ok(_) => None,
+                Err(_) => rpc.call::<f64>("estimatefee", serde_json::json!([blocks])).await.ok(),
+            };
+            let sat_per_kw = btc_per_kvb
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .map(|r| (r * 100_000_000.0 / 4.0) as u32)
+                .unwrap_or(fallback);
+            slot.store(sat_per_kw.clamp(FEERATE_FLOOR_SATS_PER_KW, 1_000_000), Ordering::Relaxed);
+        }
+    }
+}
+
+impl FeeEstimator for FeeCache {
+    fn get_est_sat_per_1000_weight(&self, target: ConfirmationTarget) -> u32 {
+        let rate = match target {
+            ConfirmationTarget::MaximumFeeEstimate | ConfirmationTarget::UrgentOnChainSweep => {
+                // Leave room above the normal rate so counterparties' estimates are accepted.
+                self.urgent.load(Ordering::Relaxed).max(self.normal.load(Ordering::Relaxed) * 2)
+            }
+            ConfirmationTarget::NonAnchorChannelFee | ConfirmationTarget::AnchorChannelFee => {
+                self.normal.load(Ordering::Relaxed)
+            }
+            ConfirmationTarget::ChannelCloseMinimum
+            | ConfirmationTarget::MinAllowedAnchorChannelRemoteFee
+            | ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee
+            | ConfirmationTarget::OutputSpendingFee => self.background.load(Ordering::Relaxed),
+        };
+        rate.max(FEERATE_FLOOR_SATS_PER_KW)
+    }
+}

@@ -1,0 +1,59 @@
+//! A node's background work (events, persistence, timers) through
+//! lightning-background-processor's async loop: one tokio task per node, no thread.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lightning::events::ReplayEvent;
+use lightning_background_processor::{
+    process_events_async_with_kv_store_sync, GossipSync, NO_LIQUIDITY_MANAGER,
+};
+use lightning_rapid_gossip_sync::RapidGossipSync;
+
+use super::node::Node;
+use super::types::{Graph, GossipSync as P2pSync, Logger, SharedScorer, Utxos};
+
+pub(crate) async fn run(node: Arc<Node>) {
+    let stop = node.stopped();
+    let sleeper = move |d: Duration| {
+        let mut stop = stop.clone();
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => false,
+                _ = stop.changed() => true,
+            }
+        })
+    };
+    let handler_node = node.clone();
+    let handler = move |event| {
+        let node = handler_node.clone();
+        async move {
+            super::events::handle(&node, event).await.map_err(|e| {
+                tracing::warn!(node = %node.alias, error = %e, "event handling failed; will replay");
+                ReplayEvent()
+            })
+        }
+    };
+    let gossip: GossipSync<Arc<P2pSync>, Arc<RapidGossipSync<Arc<Graph>, Arc<Logger>>>, Arc<Graph>, Utxos, Arc<Logger>> =
+        GossipSync::None;
+    let result = process_events_async_with_kv_store_sync(
+        node.kv.clone(),
+        handler,
+        node.chain_monitor.clone(),
+        node.channel_manager.clone(),
+        Some(node.onion_messenger.clone()),
+        gossip,
+        node.peer_manager.clone(),
+        NO_LIQUIDITY_MANAGER,
+        Some(node.sweeper.clone()),
+        node.logger.clone(),
+        None::<SharedScorer>,
+        sleeper,
+        false,
+        || Some(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()),
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::error!(node = %node.alias, error = %e, "background processing stopped with an error");
+    }
+}

@@ -1,0 +1,243 @@
+//! What a node does with LDK's events, and how the plain tables follow them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lightning::events::{Event, PaymentPurpose};
+use serde_json::json;
+
+use super::error::HostError;
+use super::node::{Node, PaymentOutcome};
+use crate::store::{ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus};
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bitcoin::hex::DisplayHex::to_lower_hex_string(bytes)
+}
+
+/// Handles one event. An error makes LDK replay the event later, so every step is idempotent.
+pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
+    let node_id = node.id.to_string();
+    let store = &node.store;
+    match event {
+        Event::FundingGenerationReady {
+            temporary_channel_id,
+            counterparty_node_id,
+            channel_value_satoshis,
+            output_script,
+            ..
+        } => {
+            let amount = bitcoin::Amount::from_sat(channel_value_satoshis);
+            match node.wallet.build_funding_tx(output_script, amount, node.funding_feerate()) {
+                Ok(tx) => {
+                    node.wallet.transaction_broadcast(&tx)?;
+                    node.channel_manager.funding_transaction_generated(
+                        temporary_channel_id,
+                        counterparty_node_id,
+                        tx,
+                    )?;
+                }
+                Err(e) => {
+                    // No funds: abandon the channel cleanly rather than leave it half-open.
+                    tracing::warn!(node = %node.alias, error = %e, "cannot fund channel; closing it");
+                    let _ = node.channel_manager.force_close_broadcasting_latest_txn(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        format!("funding failed: {e}"),
+                    );
+                    store.insert_event(&node_id, "funding_failed", &json!({"error": e.to_string()}))?;
+                }
+            }
+        }
+        Event::PaymentClaimable { payment_hash, purpose, amount_msat, .. } => {
+            match purpose.preimage() {
+                Some(preimage) => node.channel_manager.claim_funds(preimage),
+                None => node.channel_manager.fail_htlc_backwards(&payment_hash),
+            }
+            let _ = amount_msat;
+        }
+        Event::PaymentClaimed { payment_hash, purpose, amount_msat, .. } => {
+            let preimage = match &purpose {
+                PaymentPurpose::Bolt11InvoicePayment { payment_preimage, .. }
+                | PaymentPurpose::Bolt12OfferPayment { payment_preimage, .. }
+                | PaymentPurpose::Bolt12RefundPayment { payment_preimage, .. } => {
+                    payment_preimage.map(|p| hex(&p.0))
+                }
+                PaymentPurpose::SpontaneousPayment(p) => Some(hex(&p.0)),
+            };
+            let hash = hex(&payment_hash.0);
+            let existing = store.payment(&node_id, &hash, Direction::Inbound)?;
+            store.upsert_payment(&PaymentRow {
+                node_id: node_id.clone(),
+                payment_hash: hash.clone(),
+                direction: Direction::Inbound,
+                status: PaymentStatus::Succeeded,
+                amount_msat: Some(amount_msat),
+                fee_msat: None,
+                preimage,
+                bolt11: existing.as_ref().and_then(|p| p.bolt11.clone()),
+                failure_reason: None,
+                created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
+                updated_at: now(),
+            })?;
+            store.insert_event(&node_id, "payment_received", &json!({"payment_hash": hash, "amount_msat": amount_msat}))?;
+            refresh_channels(node)?;
+        }
+        Event::PaymentSent { payment_hash, payment_preimage, fee_paid_msat, amount_msat, .. } => {
+            let hash = hex(&payment_hash.0);
+            let existing = store.payment(&node_id, &hash, Direction::Outbound)?;
+            store.upsert_payment(&PaymentRow {
+                node_id: node_id.clone(),
+                payment_hash: hash.clone(),
+                direction: Direction::Outbound,
+                status: PaymentStatus::Succeeded,
+                amount_msat: amount_msat.or(existing.as_ref().and_then(|p| p.amount_msat)),
+                fee_msat: fee_paid_msat,
+                preimage: Some(hex(&payment_preimage.0)),
+                bolt11: existing.as_ref().and_then(|p| p.bolt11.clone()),
+                failure_reason: None,
+                created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
+                updated_at: now(),
+            })?;
+            store.insert_event(&node_id, "payment_sent", &json!({"payment_hash": hash, "fee_msat": fee_paid_msat}))?;
+            refresh_channels(node)?;
+            resolve(node, payment_hash.0, PaymentOutcome::Succeeded { preimage: payment_preimage.0, fee_msat: fee_paid_msat });
+        }
+        Event::PaymentFailed { payment_hash, reason, .. } => {
+            let reason = format!("{reason:?}");
+            if let Some(payment_hash) = payment_hash {
+                let hash = hex(&payment_hash.0);
+                let existing = store.payment(&node_id, &hash, Direction::Outbound)?;
+                store.upsert_payment(&PaymentRow {
+                    node_id: node_id.clone(),
+                    payment_hash: hash.clone(),
+                    direction: Direction::Outbound,
+                    status: PaymentStatus::Failed,
+                    amount_msat: existing.as_ref().and_then(|p| p.amount_msat),
+                    fee_msat: None,
+                    preimage: None,
+                    bolt11: existing.as_ref().and_then(|p| p.bolt11.clone()),
+                    failure_reason: Some(reason.clone()),
+                    created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
+                    updated_at: now(),
+                })?;
+                store.insert_event(&node_id, "payment_failed", &json!({"payment_hash": hash, "reason": reason}))?;
+                resolve(node, payment_hash.0, PaymentOutcome::Failed { reason });
+            }
+        }
+        Event::SpendableOutputs { outputs, channel_id } => {
+            // The sweeper persists them and spends them to the wallet, rebroadcasting as needed.
+            node.sweeper
+                .track_spendable_outputs(outputs, channel_id, true, None)
+                .map_err(|_| HostError::Lightning("sweeper could not persist outputs".into()))?;
+            store.insert_event(&node_id, "spendable_outputs", &json!({"channel_id": channel_id.map(|c| c.to_string())}))?;
+        }
+        Event::ChannelPending { channel_id, counterparty_node_id, funding_txo, .. } => {
+            store.insert_event(&node_id, "channel_pending", &json!({
+                "channel_id": channel_id.to_string(),
+                "counterparty": counterparty_node_id.to_string(),
+                "funding_txo": funding_txo.to_string(),
+            }))?;
+            refresh_channels(node)?;
+        }
+        Event::ChannelReady { channel_id, counterparty_node_id, .. } => {
+            store.insert_event(&node_id, "channel_ready", &json!({
+                "channel_id": channel_id.to_string(),
+                "counterparty": counterparty_node_id.to_string(),
+            }))?;
+            refresh_channels(node)?;
+        }
+        Event::ChannelClosed { channel_id, reason, counterparty_node_id, channel_capacity_sats, channel_funding_txo, user_channel_id, .. } => {
+            let id = channel_id.to_string();
+            let reason = format!("{reason}");
+            let mut row = store
+                .channels(&node_id)?
+                .into_iter()
+                .find(|c| c.channel_id == id)
+                .unwrap_or_else(|| ChannelRow {
+                    node_id: node_id.clone(),
+                    channel_id: id.clone(),
+                    user_channel_id: user_channel_id.to_string(),
+                    counterparty_node_id: counterparty_node_id.map(|c| c.to_string()).unwrap_or_default(),
+                    funding_txid: channel_funding_txo.map(|o| o.txid.to_string()),
+                    funding_vout: channel_funding_txo.map(|o| o.index as u32),
+                    capacity_sat: channel_capacity_sats.unwrap_or(0),
+                    local_balance_msat: 0,
+                    short_channel_id: None,
+                    status: ChannelStatus::Closed,
+                    close_reason: None,
+                    is_outbound: false,
+                    updated_at: now(),
+                });
+            row.status = ChannelStatus::Closed;
+            row.close_reason = Some(reason.clone());
+            row.updated_at = now();
+            store.upsert_channel(&row)?;
+            store.insert_event(&node_id, "channel_closed", &json!({"channel_id": id, "reason": reason}))?;
+        }
+        Event::DiscardFunding { channel_id, .. } => {
+            store.insert_event(&node_id, "discard_funding", &json!({"channel_id": channel_id.to_string()}))?;
+        }
+        Event::OpenChannelRequest { temporary_channel_id, counterparty_node_id, .. } => {
+            // Only raised with manual acceptance, which hosted nodes do not enable; accept anyway.
+            node.channel_manager.accept_inbound_channel(
+                &temporary_channel_id,
+                &counterparty_node_id,
+                rand_u128(node),
+                None,
+            )?;
+        }
+        Event::PaymentPathFailed { .. } | Event::PaymentPathSuccessful { .. } => {}
+        Event::PaymentForwarded { .. } | Event::HTLCHandlingFailed { .. } => {}
+        other => {
+            tracing::debug!(node = %node.alias, event = ?other, "event not acted on");
+        }
+    }
+    Ok(())
+}
+
+fn rand_u128(node: &Node) -> u128 {
+    use lightning::sign::EntropySource;
+    let bytes = node.keys.get_secure_random_bytes();
+    u128::from_le_bytes(bytes[..16].try_into().unwrap_or([0; 16]))
+}
+
+fn resolve(node: &Node, hash: [u8; 32], outcome: PaymentOutcome) {
+    let waiters = node.payment_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+    for waiter in waiters.into_iter().flatten() {
+        let _ = waiter.send(outcome.clone());
+    }
+}
+
+/// Writes the node's open channels, with current balances, to the `channels` table.
+pub(crate) fn refresh_channels(node: &Node) -> Result<(), HostError> {
+    let node_id = node.id.to_string();
+    for c in node.channel_manager.list_channels() {
+        let status = if c.is_channel_ready {
+            ChannelStatus::Open
+        } else if c.funding_txo.is_some() && c.confirmations.unwrap_or(0) > 0 {
+            ChannelStatus::Open
+        } else {
+            ChannelStatus::Pending
+        };
+        let reserve = c.unspendable_punishment_reserve.unwrap_or(0) * 1000;
+        node.store.upsert_channel(&ChannelRow {
+            node_id: node_id.clone(),
+            channel_id: c.channel_id.to_string(),
+            user_channel_id: c.user_channel_id.to_string(),
+            counterparty_node_id: c.counterparty.node_id.to_string(),
+            funding_txid: c.funding_txo.map(|o| o.txid.to_string()),
+            funding_vout: c.funding_txo.map(|o| o.index as u32),
+            capacity_sat: c.channel_value_satoshis,
+            local_balance_msat: c.outbound_capacity_msat + reserve,
+            short_channel_id: c.short_channel_id,
+            status,
+            close_reason: None,
+            is_outbound: c.is_outbound,
+            updated_at: now(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The host: many nodes in one process over one observer, one graph and scorer, one store.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::Network;
+use lightning::routing::gossip::{NetworkGraph, P2PGossipSync};
+use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringDecayParameters};
+use lightning::util::persist::{
+    KVStoreSync, NETWORK_GRAPH_PERSISTENCE_KEY, NETWORK_GRAPH_PERSISTENCE_PRIMARY_NAMESPACE,
+    NETWORK_GRAPH_PERSISTENCE_SECONDARY_NAMESPACE, SCORER_PERSISTENCE_KEY,
+    SCORER_PERSISTENCE_PRIMARY_NAMESPACE, SCORER_PERSISTENCE_SECONDARY_NAMESPACE,
+};
+use lightning::util::ser::{ReadableArgs, Writeable};
+use tokio::task::JoinHandle;
+
+use super::error::HostError;
+use super::logger::LdkLogger;
+use super::node::{read_optional, Node, Shared};
+use super::types::{Graph, Scorer};
+use crate::chain::{ChainObserver, RpcConfig};
+use crate::signer::in_process::InProcessSigner;
+use crate::store::{Store, HOST_SCOPE};
+
+/// How to run a host.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// The host's SQLite database file.
+    pub db_path: PathBuf,
+    pub rpc: RpcConfig,
+    pub network: Network,
+    /// How often the observer asks the chain node for a new tip.
+    pub poll_interval: Duration,
+    /// Address nodes listen on (one port each).
+    pub listen_ip: IpAddr,
+}
+
+impl HostConfig {
+    pub fn regtest(db_path: PathBuf, rpc: RpcConfig) -> Self {
+        HostConfig {
+            db_path,
+            rpc,
+            network: Network::Regtest,
+            poll_interval: Duration::from_millis(250),
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+pub struct Host {
+    config: HostConfig,
+    shared: Shared,
+    nodes: RwLock<HashMap<PublicKey, Arc<Node>>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Host {
+    /// Opens the store (refusing a database another host holds), loads the shared graph and
+    /// scorer, and starts the chain observer. Nodes are added with [`Host::add_node`].
+    pub async fn start(config: HostConfig) -> Result<Arc<Host>, HostError> {
+        let store = Store::open(&config.db_path)?;
+        let observer = ChainObserver::start(&config.rpc, config.network, config.poll_interval).await?;
+        let kv = store.kv(HOST_SCOPE);
+        let logger = Arc::new(LdkLogger::new("host"));
+        let graph: Arc<Graph> = Arc::new(
+            match read_optional(
+                &kv,
+                NETWORK_GRAPH_PERSISTENCE_PRIMARY_NAMESPACE,
+                NETWORK_GRAPH_PERSISTENCE_SECONDARY_NAMESPACE,
+                NETWORK_GRAPH_PERSISTENCE_KEY,
+            )? {
+                Some(bytes) => NetworkGraph::read(&mut &bytes[..], logger.clone())
+                    .map_err(|e| HostError::Corrupt(format!("network graph: {e}")))?,
+                None => NetworkGraph::new(config.network, logger.clone()),
+            },
+        );
+        let decay = ProbabilisticScoringDecayParameters::default();
+        let scorer: Scorer = match read_optional(
+            &kv,
+            SCORER_PERSISTENCE_PRIMARY_NAMESPACE,
+            SCORER_PERSISTENCE_SECONDARY_NAMESPACE,
+            SCORER_PERSISTENCE_KEY,
+        )? {
+            Some(bytes) => ProbabilisticScorer::read(&mut &bytes[..], (decay, graph.clone(), logger.clone()))
+                .map_err(|e| HostError::Corrupt(format!("scorer: {e}")))?,
+            None => ProbabilisticScorer::new(decay, graph.clone(), logger.clone()),
+        };
+        let gossip = Arc::new(P2PGossipSync::new(graph.clone(), None, logger.clone()));
+        let shared = Shared { observer, graph, scorer: Arc::new(RwLock::new(scorer)), gossip, store };
+        let host = Arc::new(Host {
+            config,
+            shared,
+            nodes: RwLock::new(HashMap::new()),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let weak = Arc::downgrade(&host);
+        let reconnect = tokio::spawn(super::peers::reconnect_loop(
+            move || weak.upgrade().map(|h| h.nodes()).unwrap_or_default(),
+            Duration::from_secs(2),
+        ));
+        host.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(reconnect);
+        Ok(host)
+    }
+
+    /// Starts a node with its signer: a new one, or one the store already knows (restart).
+    pub async fn add_node(&self, alias: &str, signer: &InProcessSigner) -> Result<Arc<Node>, HostError> {
+        let id = signer.node_id();
+        if self.nodes.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id) {
+            return Err(HostError::AlreadyRunning(id.to_string()));
+        }
+        // Come back on the same port so peers' stored addresses stay valid.
+        let previous = self.shared.store.node(&id.to_string())?;
+        let mut listen = SocketAddr::new(self.config.listen_ip, 0);
+        if let Some(addr) = previous.and_then(|n| n.listen_addr).and_then(|a| a.parse::<SocketAddr>().ok()) {
+            if std::net::TcpListener::bind(addr).is_ok() {
+                listen = addr;
+            }
+        }
+        let node = Node::start(alias, signer, self.shared.clone(), listen).await?;
+        self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(id, node.clone());
+        Ok(node)
+    }
+
+    /// Stops a node and marks it stopped; its state stays in the store.
+    pub async fn remove_node(&self, id: &PublicKey) -> Result<(), HostError> {
+        let node = self
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .ok_or_else(|| HostError::UnknownNode(id.to_string()))?;
+        node.shutdown().await;
+        if let Some(mut row) = self.shared.store.node(&id.to_string())? {
+            row.status = "stopped".into();
+            self.shared.store.upsert_node(&row)?;
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, id: &PublicKey) -> Result<Arc<Node>, HostError> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| HostError::UnknownNode(id.to_string()))
+    }
+
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn observer(&self) -> &Arc<ChainObserver> {
+        &self.shared.observer
+    }
+
+    /// Persists the shared graph and scorer.
+    pub fn persist_shared(&self) -> Result<(), HostError> {
+        let kv = self.shared.store.kv(HOST_SCOPE);
+        kv.write(
+            NETWORK_GRAPH_PERSISTENCE_PRIMARY_NAMESPACE,
+            NETWORK_GRAPH_PERSISTENCE_SECONDARY_NAMESPACE,
+            NETWORK_GRAPH_PERSISTENCE_KEY,
+            self.shared.graph.encode(),
+        )?;
+        let scorer = self.shared.scorer.read().unwrap_or_else(|p| p.into_inner()).encode();
+        kv.write(
+            SCORER_PERSISTENCE_PRIMARY_NAMESPACE,
+            SCORER_PERSISTENCE_SECONDARY_NAMESPACE,
+            SCORER_PERSISTENCE_KEY,
+            scorer,
+        )?;
+        Ok(())
+    }
+
+    /// Stops every node (each persists on its way out) and the host's own tasks.
+    pub async fn shutdown(&self) {
+        let nodes: Vec<_> = self.nodes.write().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (_, node) in nodes {
+            node.shutdown().await;
+        }
+        for task in std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner())) {
+            task.abort();
+        }
+        if let Err(e) = self.persist_shared() {
+            tracing::warn!(error = %e, "persisting graph and scorer failed");
+        }
+    }
+}

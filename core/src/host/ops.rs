@@ -1,0 +1,181 @@
+//! What a user of a hosted node asks of it: addresses, channels, invoices, payments.
+
+use std::time::Duration;
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::hashes::Hash;
+use bitcoin::Address;
+use lightning::ln::channel_state::ChannelDetails;
+use lightning::ln::channelmanager::{Bolt11InvoiceParameters, PaymentId, Retry};
+use lightning::ln::types::ChannelId;
+use lightning::routing::router::RouteParametersConfig;
+use lightning::sign::EntropySource;
+use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
+use tokio::sync::oneshot;
+
+use super::error::HostError;
+use super::node::{Node, PaymentOutcome};
+use crate::store::{Direction, PaymentRow, PaymentStatus};
+
+/// On-chain balance of a node's wallet, in satoshis.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WalletBalance {
+    pub confirmed_sat: u64,
+    pub pending_sat: u64,
+    pub immature_sat: u64,
+}
+
+impl Node {
+    pub fn new_address(&self) -> Result<Address, HostError> {
+        Ok(self.wallet.new_address()?)
+    }
+
+    pub fn wallet_balance(&self) -> WalletBalance {
+        let b = self.wallet.balance();
+        WalletBalance {
+            confirmed_sat: b.confirmed.to_sat(),
+            pending_sat: (b.trusted_pending + b.untrusted_pending).to_sat(),
+            immature_sat: b.immature.to_sat(),
+        }
+    }
+
+    /// Opens a private channel of `amount_sat` to a connected peer; funding happens when LDK
+    /// asks for it (FundingGenerationReady), from this node's wallet.
+    pub fn open_channel(
+        &self, peer: PublicKey, amount_sat: u64, push_msat: u64,
+    ) -> Result<ChannelId, HostError> {
+        if amount_sat == 0 || push_msat > amount_sat.saturating_mul(1000) {
+            return Err(HostError::InvalidInput(format!(
+                "channel of {amount_sat} sat pushing {push_msat} msat"
+            )));
+        }
+        if !self.is_connected(&peer) {
+            return Err(HostError::InvalidInput(format!("peer {peer} is not connected")));
+        }
+        let user_channel_id = u128::from_le_bytes(
+            self.keys.get_secure_random_bytes()[..16].try_into().unwrap_or([0; 16]),
+        );
+        Ok(self.channel_manager.create_channel(peer, amount_sat, push_msat, user_channel_id, None, None)?)
+    }
+
+    pub fn channels(&self) -> Vec<ChannelDetails> {
+        self.channel_manager.list_channels()
+    }
+
+    /// Cooperative close.
+    pub fn close_channel(&self, channel_id: &ChannelId, peer: &PublicKey) -> Result<(), HostError> {
+        Ok(self.channel_manager.close_channel(channel_id, peer)?)
+    }
+
+    /// Unilateral close: broadcasts our latest commitment.
+    pub fn force_close_channel(&self, channel_id: &ChannelId, peer: &PublicKey) -> Result<(), HostError> {
+        Ok(self.channel_manager.force_close_broadcasting_latest_txn(
+            channel_id,
+            peer,
+            "closed by the node's operator".into(),
+        )?)
+    }
+
+    /// A BOLT11 invoice for `amount_msat`; its payment is claimed automatically.
+    pub fn create_invoice(
+        &self, amount_msat: u64, description: &str, expiry_secs: u32,
+    ) -> Result<Bolt11Invoice, HostError> {
+        let description = Description::new(description.to_string())
+            .map_err(|e| HostError::InvalidInput(format!("description: {e}")))?;
+        let params = Bolt11InvoiceParameters {
+            amount_msats: Some(amount_msat),
+            description: Bolt11InvoiceDescription::Direct(description),
+            invoice_expiry_delta_secs: Some(expiry_secs),
+            ..Default::default()
+        };
+        let invoice = self
+            .channel_manager
+            .create_bolt11_invoice(params)
+            .map_err(|e| HostError::Lightning(format!("invoice: {e:?}")))?;
+        let now = now();
+        self.store.upsert_payment(&PaymentRow {
+            node_id: self.id.to_string(),
+            payment_hash: invoice.payment_hash().to_string(),
+            direction: Direction::Inbound,
+            status: PaymentStatus::Pending,
+            amount_msat: Some(amount_msat),
+            fee_msat: None,
+            preimage: None,
+            bolt11: Some(invoice.to_string()),
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+        })?;
+        Ok(invoice)
+    }
+
+    /// Pays a BOLT11 invoice and waits for the outcome (bounded by `timeout`).
+    pub async fn pay_invoice(
+        &self, invoice: &str, timeout: Duration,
+    ) -> Result<PaymentOutcome, HostError> {
+        let invoice: Bolt11Invoice =
+            invoice.trim().parse().map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
+        let hash = invoice.payment_hash().to_byte_array();
+        let (tx, rx) = oneshot::channel();
+        self.payment_waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(hash).or_default().push(tx);
+        let now = now();
+        self.store.upsert_payment(&PaymentRow {
+            node_id: self.id.to_string(),
+            payment_hash: invoice.payment_hash().to_string(),
+            direction: Direction::Outbound,
+            status: PaymentStatus::Pending,
+            amount_msat: invoice.amount_milli_satoshis(),
+            fee_msat: None,
+            preimage: None,
+            bolt11: Some(invoice.to_string()),
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+        })?;
+        if let Err(e) = self.channel_manager.pay_for_bolt11_invoice(
+            &invoice,
+            PaymentId(hash),
+            None,
+            RouteParametersConfig::default(),
+            Retry::Attempts(3),
+        ) {
+            self.payment_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+            let reason = format!("{e:?}");
+            self.store.upsert_payment(&PaymentRow {
+                node_id: self.id.to_string(),
+                payment_hash: invoice.payment_hash().to_string(),
+                direction: Direction::Outbound,
+                status: PaymentStatus::Failed,
+                amount_msat: invoice.amount_milli_satoshis(),
+                fee_msat: None,
+                preimage: None,
+                bolt11: Some(invoice.to_string()),
+                failure_reason: Some(reason.clone()),
+                created_at: now,
+                updated_at: now,
+            })?;
+            return Err(HostError::PaymentFailed(reason));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Err(HostError::PaymentFailed("node stopped".into())),
+            Err(_) => Err(HostError::Timeout(format!("payment {}", invoice.payment_hash()))),
+        }
+    }
+
+    /// Balances LDK can claim on-chain from channels (closing or closed), in satoshis.
+    pub fn claimable_on_chain_sat(&self) -> u64 {
+        self.chain_monitor
+            .get_claimable_balances(&[])
+            .iter()
+            .map(|b| b.claimable_amount_satoshis())
+            .sum()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,82 @@
+//! Peer connections out of a node, and the address book that lets them come back after a
+//! restart or a dropped connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::secp256k1::PublicKey;
+use lightning::util::persist::KVStoreSync;
+
+use super::error::HostError;
+use super::node::Node;
+
+const PEERS_NAMESPACE: &str = "flotilla_peers";
+
+impl Node {
+    /// Connects to a peer over TCP and remembers its address for reconnection.
+    pub async fn connect(&self, peer: PublicKey, addr: SocketAddr) -> Result<(), HostError> {
+        self.kv
+            .write(PEERS_NAMESPACE, "", &peer.to_string(), addr.to_string().into_bytes())?;
+        self.connect_once(peer, addr).await
+    }
+
+    pub fn is_connected(&self, peer: &PublicKey) -> bool {
+        self.peer_manager.peer_by_node_id(peer).is_some()
+    }
+
+    async fn connect_once(&self, peer: PublicKey, addr: SocketAddr) -> Result<(), HostError> {
+        if self.is_connected(&peer) {
+            return Ok(());
+        }
+        let unreachable = || HostError::PeerUnreachable { peer: peer.to_string(), addr: addr.to_string() };
+        let connection = lightning_net_tokio::connect_outbound(self.peer_manager.clone(), peer, addr)
+            .await
+            .ok_or_else(unreachable)?;
+        tokio::spawn(connection);
+        // The handshake completes asynchronously; wait for it, bounded.
+        for _ in 0..100 {
+            if self.is_connected(&peer) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(unreachable())
+    }
+
+    /// Known peers with their last address.
+    pub fn known_peers(&self) -> Vec<(PublicKey, SocketAddr)> {
+        let keys = self.kv.list(PEERS_NAMESPACE, "").unwrap_or_default();
+        keys.into_iter()
+            .filter_map(|k| {
+                let peer: PublicKey = k.parse().ok()?;
+                let addr = self.kv.read(PEERS_NAMESPACE, "", &k).ok()?;
+                let addr: SocketAddr = String::from_utf8(addr).ok()?.parse().ok()?;
+                Some((peer, addr))
+            })
+            .collect()
+    }
+
+    /// Reconnects to known peers that this node has channels with but is not connected to.
+    pub(crate) async fn reconnect_peers(&self) {
+        let counterparties: std::collections::HashSet<PublicKey> =
+            self.channel_manager.list_channels().iter().map(|c| c.counterparty.node_id).collect();
+        for (peer, addr) in self.known_peers() {
+            if counterparties.contains(&peer) && !self.is_connected(&peer) {
+                if let Err(e) = self.connect_once(peer, addr).await {
+                    tracing::debug!(node = %self.alias, %peer, error = %e, "reconnect failed");
+                }
+            }
+        }
+    }
+}
+
+/// One loop for the whole host (not a timer per node) that restores dropped peer connections.
+pub(crate) async fn reconnect_loop(nodes: impl Fn() -> Vec<Arc<Node>>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        for node in nodes() {
+            node.reconnect_peers().await;
+        }
+    }
+}
