@@ -1,0 +1,264 @@
+//! LDK's key-value store on the `kv` table, one scope per node.
+//!
+//! Every write and remove is committed (and, with `synchronous=FULL`, on disk) before the call
+//! returns, including through the async [`KVStore`] interface: LDK treats a returned write of
+//! a `ChannelMonitor` update as durable. Removes are never deferred, whatever `lazy` says.
+
+use std::fmt;
+use std::sync::Arc;
+
+use lightning::io;
+use lightning::util::async_poll::AsyncResult;
+use lightning::util::persist::{
+    KVStore, KVStoreSync, MigratableKVStore, KVSTORE_NAMESPACE_KEY_ALPHABET,
+    KVSTORE_NAMESPACE_KEY_MAX_LEN,
+};
+use rusqlite::OptionalExtension;
+
+use super::{Store, StoreError};
+
+/// LDK key-value store for one scope (a node's id, or [`super::HOST_SCOPE`]). Scopes never
+/// see each other's keys. Cheap to clone; keeps the database open while alive.
+#[derive(Clone)]
+pub struct KvStore {
+    store: Store,
+    scope: Arc<str>,
+}
+
+impl KvStore {
+    pub(super) fn new(store: Store, scope: &str) -> KvStore {
+        KvStore {
+            store,
+            scope: Arc::from(scope),
+        }
+    }
+
+    /// The scope this store reads and writes.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+}
+
+impl fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvStore")
+            .field("path", &self.store.path())
+            .field("scope", &&*self.scope)
+            .finish()
+    }
+}
+
+impl KVStoreSync for KvStore {
+    fn read(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, io::Error> {
+        check_key(primary_namespace, secondary_namespace, key)?;
+        let value = self
+            .store
+            .with_conn(|conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT value FROM kv WHERE scope = ?1 AND primary_namespace = ?2
+                         AND secondary_namespace = ?3 AND key = ?4",
+                    )?
+                    .query_row(
+                        [&*self.scope, primary_namespace, secondary_namespace, key],
+                        |row| row.get::<_, Vec<u8>>(0),
+                    )
+                    .optional()?)
+            })
+            .map_err(to_io)?;
+        value.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no value for {primary_namespace}/{secondary_namespace}/{key}"),
+            )
+        })
+    }
+
+    fn write(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        buf: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        check_key(primary_namespace, secondary_namespace, key)?;
+        self.store
+            .with_conn(|conn| {
+                conn.prepare_cached(
+                    "INSERT INTO kv (scope, primary_namespace, secondary_namespace, key, value)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (scope, primary_namespace, secondary_namespace, key)
+                     DO UPDATE SET value = excluded.value",
+                )?
+                .execute(rusqlite::params![
+                    &*self.scope,
+                    primary_namespace,
+                    secondary_namespace,
+                    key,
+                    buf
+                ])?;
+                Ok(())
+            })
+            .map_err(to_io)
+    }
+
+    fn remove(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        _lazy: bool,
+    ) -> Result<(), io::Error> {
+        check_key(primary_namespace, secondary_namespace, key)?;
+        self.store
+            .with_conn(|conn| {
+                conn.prepare_cached(
+                    "DELETE FROM kv WHERE scope = ?1 AND primary_namespace = ?2
+                     AND secondary_namespace = ?3 AND key = ?4",
+                )?
+                .execute([
+                    &*self.scope,
+                    primary_namespace,
+                    secondary_namespace,
+                    key,
+                ])?;
+                Ok(())
+            })
+            .map_err(to_io)
+    }
+
+    fn list(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+    ) -> Result<Vec<String>, io::Error> {
+        check_namespaces(primary_namespace, secondary_namespace)?;
+        self.store
+            .with_conn(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT key FROM kv WHERE scope = ?1 AND primary_namespace = ?2
+                     AND secondary_namespace = ?3 ORDER BY key",
+                )?;
+                let keys = stmt.query_map(
+                    [&*self.scope, primary_namespace, secondary_namespace],
+                    |row| row.get(0),
+                )?;
+                Ok(keys.collect::<Result<_, _>>()?)
+            })
+            .map_err(to_io)
+    }
+}
+
+/// Runs each call to completion before returning the future, so a write is committed by the
+/// time LDK holds the future, and writes to one key keep their call order.
+impl KVStore for KvStore {
+    fn read(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+    ) -> AsyncResult<'static, Vec<u8>, io::Error> {
+        let result = KVStoreSync::read(self, primary_namespace, secondary_namespace, key);
+        Box::pin(async move { result })
+    }
+
+    fn write(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        buf: Vec<u8>,
+    ) -> AsyncResult<'static, (), io::Error> {
+        let result = KVStoreSync::write(self, primary_namespace, secondary_namespace, key, buf);
+        Box::pin(async move { result })
+    }
+
+    fn remove(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+        key: &str,
+        lazy: bool,
+    ) -> AsyncResult<'static, (), io::Error> {
+        let result = KVStoreSync::remove(self, primary_namespace, secondary_namespace, key, lazy);
+        Box::pin(async move { result })
+    }
+
+    fn list(
+        &self,
+        primary_namespace: &str,
+        secondary_namespace: &str,
+    ) -> AsyncResult<'static, Vec<String>, io::Error> {
+        let result = KVStoreSync::list(self, primary_namespace, secondary_namespace);
+        Box::pin(async move { result })
+    }
+}
+
+impl MigratableKVStore for KvStore {
+    /// Every (primary namespace, secondary namespace, key) of this scope.
+    fn list_all_keys(&self) -> Result<Vec<(String, String, String)>, io::Error> {
+        self.store
+            .with_conn(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT primary_namespace, secondary_namespace, key FROM kv WHERE scope = ?1
+                     ORDER BY primary_namespace, secondary_namespace, key",
+                )?;
+                let keys = stmt.query_map([&*self.scope], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+                Ok(keys.collect::<Result<_, _>>()?)
+            })
+            .map_err(to_io)
+    }
+}
+
+fn to_io(e: StoreError) -> io::Error {
+    io::Error::new(io::ErrorKind::Other, e)
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// LDK's rule for a namespace or key: at most [`KVSTORE_NAMESPACE_KEY_MAX_LEN`] characters,
+/// all from [`KVSTORE_NAMESPACE_KEY_ALPHABET`].
+fn check_name(what: &str, name: &str) -> Result<(), io::Error> {
+    if name.len() > KVSTORE_NAMESPACE_KEY_MAX_LEN {
+        return Err(invalid(format!(
+            "{what} is longer than {KVSTORE_NAMESPACE_KEY_MAX_LEN} characters"
+        )));
+    }
+    let alphabet = KVSTORE_NAMESPACE_KEY_ALPHABET.as_bytes();
+    if !name.bytes().all(|b| alphabet.contains(&b)) {
+        return Err(invalid(format!(
+            "{what} {name:?} has characters outside [A-Za-z0-9_-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Namespaces may be empty, but a secondary namespace needs a primary one.
+fn check_namespaces(primary: &str, secondary: &str) -> Result<(), io::Error> {
+    check_name("primary namespace", primary)?;
+    check_name("secondary namespace", secondary)?;
+    if primary.is_empty() && !secondary.is_empty() {
+        return Err(invalid(format!(
+            "secondary namespace {secondary:?} given without a primary namespace"
+        )));
+    }
+    Ok(())
+}
+
+/// Keys must additionally be non-empty.
+fn check_key(primary: &str, secondary: &str, key: &str) -> Result<(), io::Error> {
+    check_namespaces(primary, secondary)?;
+    if key.is_empty() {
+        return Err(invalid("empty key".to_owned()));
+    }
+    check_name("key", key)
+}
