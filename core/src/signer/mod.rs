@@ -2,3 +2,4 @@
 
 pub mod config;
 pub mod seed;
+pub mod wallet_keys;
