@@ -1,0 +1,153 @@
+//! In-process on-chain wallet signer: BIP84 keys from a 32-byte seed.
+//!
+//! The host's wallet sees only the public descriptors this hands out; the private keys never
+//! leave this struct. A remote signer will implement the same [`WalletSigner`] trait later.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bdk_wallet::descriptor::{Descriptor, DescriptorPublicKey};
+use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpriv, Xpub};
+use bitcoin::psbt::SigningKeys;
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{Network, Psbt};
+
+use crate::wallet::{WalletError, WalletSigner};
+
+/// Signs for the wallet `wpkh(m/84'/coin'/0'/{0,1}/*)` derived from a seed.
+pub struct SeedWalletSigner {
+    master: Xpriv,
+    fingerprint: Fingerprint,
+    external: String,
+    internal: String,
+    secp: Secp256k1<All>,
+}
+
+impl SeedWalletSigner {
+    /// BIP32 master from `seed`, account `m/84'/{coin}'/0'` (coin 0 on mainnet, 1 elsewhere).
+    pub fn new(seed: &[u8; 32], network: Network) -> Result<Self, WalletError> {
+        let secp = Secp256k1::new();
+        let key_err = |e: bitcoin::bip32::Error| WalletError::Descriptor(e.to_string());
+        let master = Xpriv::new_master(network, seed).map_err(key_err)?;
+        let fingerprint = master.fingerprint(&secp);
+        let coin = if network == Network::Bitcoin { 0 } else { 1 };
+        let account_path = DerivationPath::from(vec![
+            ChildNumber::from_hardened_idx(84).map_err(key_err)?,
+            ChildNumber::from_hardened_idx(coin).map_err(key_err)?,
+            ChildNumber::from_hardened_idx(0).map_err(key_err)?,
+        ]);
+        let account = master.derive_priv(&secp, &account_path).map_err(key_err)?;
+        let account_xpub = Xpub::from_priv(&secp, &account);
+        let descriptor = |chain: u32| -> Result<String, WalletError> {
+            let text = format!("wpkh([{fingerprint}/84'/{coin}'/0']{account_xpub}/{chain}/*)");
+            // Parsing and printing again appends the checksum.
+            Descriptor::<DescriptorPublicKey>::from_str(&text)
+                .map(|d| d.to_string())
+                .map_err(|e| WalletError::Descriptor(e.to_string()))
+        };
+        Ok(SeedWalletSigner {
+            external: descriptor(0)?,
+            internal: descriptor(1)?,
+            master,
+            fingerprint,
+            secp,
+        })
+    }
+}
+
+impl fmt::Debug for SeedWalletSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeedWalletSigner")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalletSigner for SeedWalletSigner {
+    fn descriptors(&self) -> Result<(String, String), WalletError> {
+        Ok((self.external.clone(), self.internal.clone()))
+    }
+
+    fn sign_psbt(&self, psbt: &mut Psbt) -> Result<(), WalletError> {
+        // An input is ours when its key origin names our master key; others (a channel peer's
+        // inputs in a future dual funding) are left alone, as are errors about them.
+        let ours: Vec<usize> = psbt
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, input)| {
+                input
+                    .bip32_derivation
+                    .values()
+                    .any(|(fingerprint, _)| *fingerprint == self.fingerprint)
+            })
+            .map(|(index, _)| index)
+            .collect();
+        let signed = match psbt.sign(&self.master, &self.secp) {
+            Ok(signed) => signed,
+            Err((signed, errors)) => {
+                if let Some((index, e)) = errors.iter().find(|(i, _)| ours.contains(i)) {
+                    return Err(WalletError::Signing(format!("input {index}: {e}")));
+                }
+                signed
+            }
+        };
+        for index in ours {
+            match signed.get(&index) {
+                Some(SigningKeys::Ecdsa(keys)) if !keys.is_empty() => {}
+                _ => {
+                    return Err(WalletError::Signing(format!(
+                        "input {index} is ours but was not signed"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_are_public_bip84_with_checksum() {
+        let signer = SeedWalletSigner::new(&[7; 32], Network::Regtest).unwrap();
+        let (external, internal) = signer.descriptors().unwrap();
+        let fingerprint = signer.fingerprint.to_string();
+        for (descriptor, chain) in [(&external, "/0/*)"), (&internal, "/1/*)")] {
+            assert!(!descriptor.contains("tprv") && !descriptor.contains("xprv"));
+            assert!(descriptor.starts_with(&format!("wpkh([{fingerprint}/84'/1'/0']tpub")));
+            assert!(descriptor.contains(chain), "{descriptor}");
+            let (body, checksum) = descriptor.split_once('#').unwrap();
+            assert_eq!(checksum.len(), 8);
+            assert_eq!(
+                bdk_wallet::descriptor::calc_checksum(body).unwrap(),
+                checksum
+            );
+        }
+
+        let mainnet = SeedWalletSigner::new(&[7; 32], Network::Bitcoin).unwrap();
+        let (external, _) = mainnet.descriptors().unwrap();
+        assert!(external.contains("/84'/0'/0']xpub"), "{external}");
+        assert!(!external.contains("xprv"));
+    }
+
+    #[test]
+    fn different_seeds_give_different_wallets() {
+        let a = SeedWalletSigner::new(&[1; 32], Network::Regtest).unwrap();
+        let b = SeedWalletSigner::new(&[2; 32], Network::Regtest).unwrap();
+        assert_ne!(a.descriptors().unwrap(), b.descriptors().unwrap());
+        let again = SeedWalletSigner::new(&[1; 32], Network::Regtest).unwrap();
+        assert_eq!(a.descriptors().unwrap(), again.descriptors().unwrap());
+    }
+
+    #[test]
+    fn debug_output_holds_no_key_material() {
+        let signer = SeedWalletSigner::new(&[3; 32], Network::Regtest).unwrap();
+        let shown = format!("{signer:?}");
+        assert!(shown.contains(&signer.fingerprint.to_string()));
+        assert!(!shown.contains("tprv") && !shown.contains("tpub"));
+        assert!(!shown.contains(&signer.master.to_string()));
+    }
+}

@@ -1,0 +1,174 @@
+//! Building, signing and recording the wallet's own transactions.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bdk_wallet::error::CreateTxError;
+use bdk_wallet::SignOptions;
+use bitcoin::{Address, Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
+
+use super::{OnchainWallet, WalletError};
+
+impl OnchainWallet {
+    /// Builds and signs a transaction paying exactly `amount` to `script` (LDK channel funding),
+    /// change to the wallet.
+    ///
+    /// The transaction's inputs are reserved (not chosen again) until it is passed to
+    /// [`transaction_broadcast`](Self::transaction_broadcast) or
+    /// [`release_reservation`](Self::release_reservation), or the process restarts.
+    pub fn build_funding_tx(
+        &self,
+        script: ScriptBuf,
+        amount: Amount,
+        feerate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
+        self.build_signed(script, amount, feerate)
+    }
+
+    /// Builds and signs a transaction paying `amount` to `to`, change to the wallet. Inputs are
+    /// reserved as for [`build_funding_tx`](Self::build_funding_tx).
+    pub fn build_send(
+        &self,
+        to: &Address,
+        amount: Amount,
+        feerate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
+        if !to.as_unchecked().is_valid_for_network(self.network) {
+            return Err(WalletError::InvalidInput(format!(
+                "address {to} is not for {}",
+                self.network
+            )));
+        }
+        self.build_signed(to.script_pubkey(), amount, feerate)
+    }
+
+    /// Tells the wallet about a transaction it made/received before it confirms (unconfirmed
+    /// balance, no double spend of its inputs). Transactions unrelated to the wallet are ignored,
+    /// so the host may pass every transaction the node broadcasts.
+    pub fn transaction_broadcast(&self, tx: &Transaction) -> Result<(), WalletError> {
+        let seen_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut inner = self.lock()?;
+        inner.wallet.apply_unconfirmed_txs([(tx.clone(), seen_at)]);
+        for input in &tx.input {
+            inner.reserved.remove(&input.previous_output);
+        }
+        inner.persist()
+    }
+
+    /// Frees the inputs of a built transaction that will never be broadcast (e.g. a channel open
+    /// that failed before funding).
+    pub fn release_reservation(&self, tx: &Transaction) -> Result<(), WalletError> {
+        let mut inner = self.lock()?;
+        for input in &tx.input {
+            inner.reserved.remove(&input.previous_output);
+        }
+        Ok(())
+    }
+
+    fn build_signed(
+        &self,
+        script: ScriptBuf,
+        amount: Amount,
+        feerate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
+        if amount == Amount::ZERO {
+            return Err(WalletError::InvalidInput("amount is zero".into()));
+        }
+        if feerate < FeeRate::BROADCAST_MIN {
+            return Err(WalletError::InvalidInput(format!(
+                "fee rate {} sat/kwu is below the relay minimum",
+                feerate.to_sat_per_kwu()
+            )));
+        }
+
+        // Build and reserve under the lock, then sign without it: a remote signer may be slow and
+        // the chain observer must not wait on it.
+        let mut psbt = {
+            let mut inner = self.lock()?;
+            let inner = &mut *inner;
+            let wallet = &inner.wallet;
+            // Reservations of coins that are gone (spent or reorged away) are dropped.
+            inner.reserved.retain(|op| wallet.get_utxo(*op).is_some());
+            let unspendable: Vec<OutPoint> = inner.reserved.iter().copied().collect();
+            let mut builder = inner.wallet.build_tx();
+            builder
+                .add_recipient(script.clone(), amount)
+                .fee_rate(feerate)
+                .unspendable(unspendable);
+            let psbt = builder.finish().map_err(create_error)?;
+            // The change address revealed by the builder is durable before the tx can exist.
+            inner.persist()?;
+            for input in &psbt.unsigned_tx.input {
+                inner.reserved.insert(input.previous_output);
+            }
+            psbt
+        };
+        let inputs: Vec<OutPoint> = psbt
+            .unsigned_tx
+            .input
+            .iter()
+            .map(|i| i.previous_output)
+            .collect();
+
+        let result = self.sign_and_finalize(&mut psbt).and_then(|tx| {
+            if tx
+                .output
+                .iter()
+                .any(|o| o.script_pubkey == script && o.value == amount)
+            {
+                Ok(tx)
+            } else {
+                Err(WalletError::Build(
+                    "built transaction lacks the requested output".into(),
+                ))
+            }
+        });
+        if result.is_err() {
+            if let Ok(mut inner) = self.lock() {
+                for op in &inputs {
+                    inner.reserved.remove(op);
+                }
+            }
+        }
+        result
+    }
+
+    fn sign_and_finalize(&self, psbt: &mut bitcoin::Psbt) -> Result<Transaction, WalletError> {
+        let unsigned = psbt.unsigned_tx.clone();
+        self.signer.sign_psbt(psbt)?;
+        if psbt.unsigned_tx != unsigned {
+            return Err(WalletError::Signing(
+                "signer altered the transaction it was asked to sign".into(),
+            ));
+        }
+        let finalized = self
+            .lock()?
+            .wallet
+            .finalize_psbt(psbt, SignOptions::default())
+            .map_err(|e| WalletError::Signing(e.to_string()))?;
+        if !finalized {
+            return Err(WalletError::Signing(
+                "signer left inputs of the wallet unsigned".into(),
+            ));
+        }
+        psbt.clone()
+            .extract_tx()
+            .map_err(|e| WalletError::Build(e.to_string()))
+    }
+}
+
+fn create_error(e: CreateTxError) -> WalletError {
+    match e {
+        CreateTxError::CoinSelection(e) => WalletError::InsufficientFunds {
+            needed: e.needed,
+            available: e.available,
+        },
+        CreateTxError::OutputBelowDustLimit(_) => {
+            WalletError::InvalidInput("amount is below the dust limit".into())
+        }
+        CreateTxError::Descriptor(e) => WalletError::Descriptor(e.to_string()),
+        other => WalletError::Build(other.to_string()),
+    }
+}
