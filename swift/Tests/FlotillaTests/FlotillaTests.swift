@@ -43,7 +43,7 @@ final class FlotillaTests: XCTestCase {
     }
 
     func testSharedVectors() throws {
-        let vectors = try vectors()
+        let vectors = try self.vectors()
         XCTAssertGreaterThanOrEqual(vectors.count, 5)
         for (seed, expected) in vectors {
             XCTAssertEqual(try nodeIdFromSeed(seed: seed), expected)
