@@ -1,15 +1,52 @@
-//! `flotilla signer ...` (placeholder, to be replaced).
+//! `flotilla signer ...`: customer-side signer tools.
+
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
 use super::CliResult;
+use crate::signer::seed::{self, SeedError};
 
 #[derive(Subcommand)]
 pub enum SignerCommand {
-    /// Placeholder.
-    NodeId,
+    /// Print the node id (hex compressed public key) that a seed gives, as LDK derives it.
+    NodeId {
+        /// File holding the seed: 32 raw bytes, or 64 hex characters (a trailing newline is fine).
+        #[arg(long, value_name = "FILE")]
+        seed_file: PathBuf,
+    },
 }
 
-pub async fn run(_cmd: SignerCommand) -> CliResult {
-    Err("not implemented yet".into())
+pub async fn run(cmd: SignerCommand) -> CliResult {
+    match cmd {
+        SignerCommand::NodeId { seed_file } => {
+            println!("{}", node_id_of_file(&seed_file)?);
+            Ok(())
+        }
+    }
+}
+
+/// The hex node id for the seed in `path`: what `signer node-id` prints.
+fn node_id_of_file(path: &Path) -> Result<String, SeedError> {
+    let seed = seed::read_seed_file(path)?;
+    Ok(seed::node_public_key(&seed)?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_the_same_id_as_the_library() {
+        let dir = std::env::temp_dir().join(format!("flotilla-cli-signer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let raw = dir.join("raw");
+        let hex = dir.join("hex");
+        std::fs::write(&raw, [0u8; 32]).expect("write raw");
+        std::fs::write(&hex, format!("{}\n", "00".repeat(32))).expect("write hex");
+        let expected = "027f921585f2ac0c7c70e36110adecfd8fd14b8a99bfb3d000a283fcac358fce88";
+        assert_eq!(node_id_of_file(&raw).expect("raw seed"), expected);
+        assert_eq!(node_id_of_file(&hex).expect("hex seed"), expected);
+        assert_eq!(seed::node_id_from_seed(&[0u8; 32]).expect("seed"), expected);
+    }
 }

@@ -1,0 +1,39 @@
+//! The one error type every exported call raises: `FlotillaException` in Kotlin, `FlotillaError`
+//! in Python and Swift, with one subclass (or case) per kind of bad input.
+
+use flotilla_core::signer::config::ConfigError;
+use flotilla_core::signer::seed::SeedError;
+
+/// Flat: foreign code sees the variant and the Rust message, nothing it would have to keep in
+/// step with core's richer error types.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum FlotillaError {
+    /// The seed is not 32 bytes (or, with odds of about 2^-127, not a valid BIP32 seed).
+    #[error("{0}")]
+    InvalidSeed(String),
+    /// The host URL is malformed or not one the signer may dial.
+    #[error("{0}")]
+    InvalidHostUrl(String),
+    /// A policy limit is negative or beyond all bitcoin that exists.
+    #[error("{0}")]
+    InvalidLimit(String),
+}
+
+impl From<SeedError> for FlotillaError {
+    fn from(e: SeedError) -> Self {
+        FlotillaError::InvalidSeed(e.to_string())
+    }
+}
+
+impl From<ConfigError> for FlotillaError {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Seed(e) => e.into(),
+            ConfigError::InvalidHostUrl(_) => FlotillaError::InvalidHostUrl(e.to_string()),
+            ConfigError::NegativeLimit { .. } | ConfigError::LimitTooLarge { .. } => {
+                FlotillaError::InvalidLimit(e.to_string())
+            }
+        }
+    }
+}
