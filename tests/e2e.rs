@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 const FUNDING_SAT: u64 = 3_000_000;
 const CHANNEL_SAT: u64 = 1_000_000;
+/// Every node, and whether it lives on host B.
+const ALL_NODES: [(bool, &str); 4] = [(false, "a0"), (false, "a1"), (false, "a2"), (true, "b0")];
 
 fn write_seed(dir: &Path, alias: &str, byte: u8) -> PathBuf {
     let path = dir.join(format!("{alias}.seed"));
@@ -22,17 +24,24 @@ fn write_seed(dir: &Path, alias: &str, byte: u8) -> PathBuf {
 }
 
 async fn invoice(host: &mut HostProcess, payee: &str, msat: u64) -> String {
-    let invoice = host.must(json!({"cmd": "invoice", "node": payee, "msat": msat})).await;
+    let invoice = host
+        .must(json!({"cmd": "invoice", "node": payee, "msat": msat}))
+        .await;
     invoice.as_str().unwrap().to_string()
 }
 
 /// Pays the invoice from `payer` and checks the preimage matches the invoice's hash.
 async fn pay(from: &mut HostProcess, payer: &str, invoice: String) -> String {
     let parsed: lightning_invoice::Bolt11Invoice = invoice.parse().unwrap();
-    let paid = from.must(json!({"cmd": "pay", "node": payer, "invoice": invoice})).await;
+    let paid = from
+        .must(json!({"cmd": "pay", "node": payer, "invoice": invoice}))
+        .await;
     let preimage = paid["preimage"].as_str().unwrap();
     let bytes = <[u8; 32] as bitcoin::hex::FromHex>::from_hex(preimage).unwrap();
-    assert_eq!(sha256::Hash::hash(&bytes).to_byte_array(), parsed.payment_hash().to_byte_array());
+    assert_eq!(
+        sha256::Hash::hash(&bytes).to_byte_array(),
+        parsed.payment_hash().to_byte_array()
+    );
     parsed.payment_hash().to_string()
 }
 
@@ -47,11 +56,18 @@ fn outbound_msat(channels: &Value, peer: &str) -> u64 {
 }
 
 fn channel_to(channels: &Value, peer: &str) -> Option<Value> {
-    channels.as_array().unwrap().iter().find(|c| c["peer"] == peer).cloned()
+    channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["peer"] == peer)
+        .cloned()
 }
 
 async fn wallet_confirmed(host: &mut HostProcess, node: &str) -> u64 {
-    host.must(req("balance", node)).await["wallet"]["confirmed_sat"].as_u64().unwrap()
+    host.must(req("balance", node)).await["wallet"]["confirmed_sat"]
+        .as_u64()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +75,9 @@ async fn hosts_open_pay_restart_and_close() {
     let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let chain = Regtest::spawn_owned(&dir.join("regtest")).await.expect("btcd");
+    let chain = Regtest::spawn_owned(&dir.join("regtest"))
+        .await
+        .expect("btcd");
     chain.mine(101).await.unwrap();
     let chain_json = dir.join("regtest").join("regtest.json");
 
@@ -68,22 +86,42 @@ async fn hosts_open_pay_restart_and_close() {
         .enumerate()
         .map(|(i, alias)| (*alias, write_seed(&dir, alias, i as u8 + 1)))
         .collect();
-    let host_a_nodes: Vec<(&str, &Path)> = seeds[..3].iter().map(|(a, p)| (*a, p.as_path())).collect();
-    let host_b_nodes: Vec<(&str, &Path)> = seeds[3..].iter().map(|(a, p)| (*a, p.as_path())).collect();
+    let host_a_nodes: Vec<(&str, &Path)> =
+        seeds[..3].iter().map(|(a, p)| (*a, p.as_path())).collect();
+    let host_b_nodes: Vec<(&str, &Path)> =
+        seeds[3..].iter().map(|(a, p)| (*a, p.as_path())).collect();
     let a_db = dir.join("a.db");
-    let mut a = HostProcess::spawn(&a_db, &chain_json, &host_a_nodes).await.unwrap();
-    let mut b = HostProcess::spawn(&dir.join("b.db"), &chain_json, &host_b_nodes).await.unwrap();
+    let mut a = HostProcess::spawn(&a_db, &chain_json, &host_a_nodes)
+        .await
+        .unwrap();
+    let mut b = HostProcess::spawn(&dir.join("b.db"), &chain_json, &host_b_nodes)
+        .await
+        .unwrap();
 
     // A second host on the same database is refused while the first runs.
-    assert!(matches!(Store::open(&a_db), Err(flotilla_core::store::StoreError::Locked { .. })));
+    assert!(matches!(
+        Store::open(&a_db),
+        Err(flotilla_core::store::StoreError::Locked { .. })
+    ));
 
     // Fund every wallet from the harness and confirm.
-    for (host, node) in [(&mut a, "a0"), (&mut a, "a1"), (&mut a, "a2"), (&mut b, "b0")] {
-        let address: Address<_> = host.must(req("address", node)).await.as_str().unwrap().parse().unwrap();
-        chain.send(&address.assume_checked(), Amount::from_sat(FUNDING_SAT)).await.unwrap();
+    for (on_b, node) in ALL_NODES {
+        let host = if on_b { &mut b } else { &mut a };
+        let address: Address<_> = host
+            .must(req("address", node))
+            .await
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        chain
+            .send(&address.assume_checked(), Amount::from_sat(FUNDING_SAT))
+            .await
+            .unwrap();
     }
     chain.mine(1).await.unwrap();
-    for (host, node) in [(&mut a, "a0"), (&mut a, "a1"), (&mut a, "a2"), (&mut b, "b0")] {
+    for (on_b, node) in ALL_NODES {
+        let host = if on_b { &mut b } else { &mut a };
         host.wait_for("funded wallet", req("balance", node), |v| {
             v["wallet"]["confirmed_sat"].as_u64() == Some(FUNDING_SAT)
         })
@@ -91,15 +129,28 @@ async fn hosts_open_pay_restart_and_close() {
     }
 
     // Channels: a0->a1 and a1->a2 inside host A, a2->b0 across the two processes.
-    let (a0, a1, a2, b0) = (a.node_id("a0"), a.node_id("a1"), a.node_id("a2"), b.node_id("b0"));
-    let links = [("a0", &a1, a.addr("a1")), ("a1", &a2, a.addr("a2")), ("a2", &b0, b.addr("b0"))];
+    let (a0, a1, a2, b0) = (
+        a.node_id("a0"),
+        a.node_id("a1"),
+        a.node_id("a2"),
+        b.node_id("b0"),
+    );
+    let links = [
+        ("a0", &a1, a.addr("a1")),
+        ("a1", &a2, a.addr("a2")),
+        ("a2", &b0, b.addr("b0")),
+    ];
     for (node, peer, addr) in &links {
-        a.must(json!({"cmd": "connect", "node": node, "peer": peer, "addr": addr})).await;
-        a.must(json!({"cmd": "open", "node": node, "peer": peer, "sat": CHANNEL_SAT})).await;
+        a.must(json!({"cmd": "connect", "node": node, "peer": peer, "addr": addr}))
+            .await;
+        a.must(json!({"cmd": "open", "node": node, "peer": peer, "sat": CHANNEL_SAT}))
+            .await;
     }
     for (node, _, _) in &links {
         a.wait_for("funding broadcast", req("channels", node), |v| {
-            v.as_array().map(|c| c.iter().all(|c| c["funded"] == true)).unwrap_or(false)
+            v.as_array()
+                .map(|c| c.iter().all(|c| c["funded"] == true))
+                .unwrap_or(false)
         })
         .await;
     }
@@ -112,21 +163,38 @@ async fn hosts_open_pay_restart_and_close() {
         })
         .await;
     }
-    b.wait_for("usable channel", req("channels", "b0"), |v| v[0]["usable"] == true).await;
+    b.wait_for("usable channel", req("channels", "b0"), |v| {
+        v[0]["usable"] == true
+    })
+    .await;
 
     // Payments both ways, inside the host and across hosts.
     let opened = outbound_msat(&a.must(req("channels", "a0")).await, &a1);
     let i1 = invoice(&mut a, "a1", 100_000_000).await;
     pay(&mut a, "a0", i1).await;
+    // The received HTLC must be irrevocably settled before a1 can spend it back.
+    a.wait_for("a1's balance settled", req("channels", "a1"), |v| {
+        outbound_msat(v, &a0) >= 30_000_000
+    })
+    .await;
     let i2 = invoice(&mut a, "a0", 30_000_000).await;
     let h2 = pay(&mut a, "a1", i2).await;
     let i3 = invoice(&mut b, "b0", 50_000_000).await;
     let h3 = pay(&mut a, "a2", i3).await;
+    b.wait_for("b0's balance settled", req("channels", "b0"), |v| {
+        outbound_msat(v, &a2) >= 20_000_000
+    })
+    .await;
     let i4 = invoice(&mut a, "a2", 20_000_000).await;
     let h4 = pay(&mut b, "b0", i4).await;
 
     let payments = a.must(req("payments", "a1")).await;
-    let sent = payments.as_array().unwrap().iter().find(|p| p["payment_hash"] == h2).unwrap();
+    let sent = payments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["payment_hash"] == h2)
+        .unwrap();
     assert_eq!(sent["status"], "succeeded");
     assert!(sent["preimage"].is_string());
 
@@ -140,63 +208,93 @@ async fn hosts_open_pay_restart_and_close() {
     {
         let store = Store::open(&a_db).expect("lock released by the kill");
         let a2_payments = store.payments(&a2).unwrap();
-        let p3 = a2_payments.iter().find(|p| p.payment_hash == h3 && p.direction == Direction::Outbound).unwrap();
+        let p3 = a2_payments
+            .iter()
+            .find(|p| p.payment_hash == h3 && p.direction == Direction::Outbound)
+            .unwrap();
         assert_eq!(p3.status, PaymentStatus::Succeeded);
-        let p4 = a2_payments.iter().find(|p| p.payment_hash == h4 && p.direction == Direction::Inbound).unwrap();
+        let p4 = a2_payments
+            .iter()
+            .find(|p| p.payment_hash == h4 && p.direction == Direction::Inbound)
+            .unwrap();
         assert_eq!(p4.status, PaymentStatus::Succeeded);
         assert!(p4.preimage.is_some());
         let chans = store.channels(&a0).unwrap();
-        assert!(chans.iter().any(|c| c.counterparty_node_id == a1 && c.status == ChannelStatus::Open));
+        assert!(chans
+            .iter()
+            .any(|c| c.counterparty_node_id == a1 && c.status == ChannelStatus::Open));
     }
 
     // Restart: same channels and balances, and it keeps paying (peers reconnect by themselves).
-    let mut a = HostProcess::spawn(&a_db, &chain_json, &host_a_nodes).await.unwrap();
+    let mut a = HostProcess::spawn(&a_db, &chain_json, &host_a_nodes)
+        .await
+        .unwrap();
     let after = a
         .wait_for("channels back", req("channels", "a0"), |v| {
-            v.as_array().map(|c| c.iter().all(|c| c["usable"] == true) && !c.is_empty()).unwrap_or(false)
+            v.as_array()
+                .map(|c| c.iter().all(|c| c["usable"] == true) && !c.is_empty())
+                .unwrap_or(false)
         })
         .await;
     assert_eq!(outbound_msat(&after, &a1), a0_out);
-    assert_eq!(channel_to(&after, &a1).unwrap()["channel_id"], channel_to(&before_kill, &a1).unwrap()["channel_id"]);
-    b.wait_for("reconnected", req("channels", "b0"), |v| v[0]["usable"] == true).await;
+    assert_eq!(
+        channel_to(&after, &a1).unwrap()["channel_id"],
+        channel_to(&before_kill, &a1).unwrap()["channel_id"]
+    );
+    b.wait_for("reconnected", req("channels", "b0"), |v| {
+        v[0]["usable"] == true
+    })
+    .await;
     let i5 = invoice(&mut a, "a2", 5_000_000).await;
     pay(&mut b, "b0", i5).await;
 
-    // Cooperative close of a0-a1: a0's share comes back to its wallet.
-    let wallet_before = wallet_confirmed(&mut a, "a0").await;
+    // Cooperative close of a0-a1: both sides drop the channel; a0's share is swept to its wallet.
+    let a0_wallet_before = wallet_confirmed(&mut a, "a0").await;
     let ch = channel_to(&after, &a1).unwrap();
-    a.must(json!({"cmd": "close", "node": "a0", "channel_id": ch["channel_id"], "peer": a1})).await;
-    a.wait_for("close broadcast", req("channels", "a0"), |v| channel_to(v, &a1).is_none()).await;
+    a.must(json!({"cmd": "close", "node": "a0", "channel_id": ch["channel_id"], "peer": a1}))
+        .await;
+    a.wait_for("close negotiated", req("channels", "a0"), |v| {
+        channel_to(v, &a1).is_none()
+    })
+    .await;
+    a.wait_for("close negotiated", req("channels", "a1"), |v| {
+        channel_to(v, &a0).is_none()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     chain.mine(1).await.unwrap();
-    let wallet_after = a
-        .wait_for("coop close funds", req("balance", "a0"), |v| {
-            v["wallet"]["confirmed_sat"].as_u64().unwrap() > wallet_before
-        })
-        .await["wallet"]["confirmed_sat"]
-        .as_u64()
-        .unwrap();
-    assert!(wallet_after - wallet_before > (a0_out / 1000) - 10_000, "coop close returned {}", wallet_after - wallet_before);
 
     // Force close of a1-a2 by a1: after the delay, the sweeper brings a1's funds to its wallet.
     let a1_chans = a.must(req("channels", "a1")).await;
     let ch = channel_to(&a1_chans, &a2).unwrap();
     let a1_balance = outbound_msat(&a1_chans, &a2) / 1000;
     let wallet_before = wallet_confirmed(&mut a, "a1").await;
-    a.must(json!({"cmd": "force_close", "node": "a1", "channel_id": ch["channel_id"], "peer": a2})).await;
+    a.must(json!({"cmd": "force_close", "node": "a1", "channel_id": ch["channel_id"], "peer": a2}))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     chain.mine(1).await.unwrap();
+    // Past the counterparty's to_self_delay (144), then give the sweeper (30 s timer) time.
+    chain.mine(150).await.unwrap();
     let mut swept = 0;
-    for _ in 0..40 {
-        chain.mine(10).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        chain.mine(1).await.unwrap();
         let now = wallet_confirmed(&mut a, "a1").await;
         if now > wallet_before {
             swept = now - wallet_before;
             break;
         }
     }
-    assert!(swept > a1_balance.saturating_sub(20_000), "swept {swept} of about {a1_balance}");
+    assert!(
+        swept > a1_balance.saturating_sub(20_000),
+        "swept {swept} of about {a1_balance}"
+    );
+    let a0_swept = wallet_confirmed(&mut a, "a0").await - a0_wallet_before;
+    assert!(
+        a0_swept > a0_out / 1000 - 20_000,
+        "coop close returned {a0_swept} of about {}",
+        a0_out / 1000
+    );
     let store_rows = a.must(req("payments", "a0")).await;
     assert!(!store_rows.as_array().unwrap().is_empty());
 

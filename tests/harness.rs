@@ -15,7 +15,10 @@ pub fn flotilla_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-HASH -> target/<profile>/flotilla
-    exe.parent().and_then(Path::parent).map(|p| p.join("flotilla")).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("flotilla"))
+        .expect("target dir")
 }
 
 /// A host in its own OS process.
@@ -27,14 +30,27 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    pub async fn spawn(db: &Path, chain_json: &Path, nodes: &[(&str, &Path)]) -> Result<Self, String> {
+    pub async fn spawn(
+        db: &Path,
+        chain_json: &Path,
+        nodes: &[(&str, &Path)],
+    ) -> Result<Self, String> {
         let mut cmd = Command::new(flotilla_bin());
-        cmd.arg("host").arg("--db").arg(db).arg("--chain").arg(chain_json);
+        cmd.arg("host")
+            .arg("--db")
+            .arg(db)
+            .arg("--chain")
+            .arg(chain_json);
         for (alias, seed) in nodes {
             cmd.arg("--node").arg(format!("{alias}={}", seed.display()));
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", flotilla_bin().display()))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", flotilla_bin().display()))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
         let first = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
@@ -44,15 +60,26 @@ impl HostProcess {
             .ok_or("host exited before it started")?;
         let first: Value = serde_json::from_str(&first).map_err(|e| format!("{first}: {e}"))?;
         let nodes = first["ok"]["nodes"].clone();
-        Ok(HostProcess { child, stdin, stdout, nodes })
+        Ok(HostProcess {
+            child,
+            stdin,
+            stdout,
+            nodes,
+        })
     }
 
     pub fn node_id(&self, alias: &str) -> String {
-        self.node(alias)["node_id"].as_str().unwrap_or_default().to_string()
+        self.node(alias)["node_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn addr(&self, alias: &str) -> String {
-        self.node(alias)["addr"].as_str().unwrap_or_default().to_string()
+        self.node(alias)["addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     fn node(&self, alias: &str) -> Value {
@@ -64,7 +91,10 @@ impl HostProcess {
 
     /// Sends one request and returns its `ok` value, or the host's error text.
     pub async fn call(&mut self, request: Value) -> Result<Value, String> {
-        self.stdin.write_all(format!("{request}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+        self.stdin
+            .write_all(format!("{request}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         self.stdin.flush().await.map_err(|e| e.to_string())?;
         let line = tokio::time::timeout(Duration::from_secs(120), self.stdout.next_line())
             .await
@@ -74,7 +104,10 @@ impl HostProcess {
         let answer: Value = serde_json::from_str(&line).map_err(|e| format!("{line}: {e}"))?;
         match answer.get("ok") {
             Some(v) => Ok(v.clone()),
-            None => Err(answer["error"].as_str().unwrap_or("unknown error").to_string()),
+            None => Err(answer["error"]
+                .as_str()
+                .unwrap_or("unknown error")
+                .to_string()),
         }
     }
 
@@ -99,7 +132,12 @@ impl HostProcess {
     }
 
     /// Polls `f` against this host until it returns true.
-    pub async fn wait_for(&mut self, what: &str, request: Value, f: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        request: Value,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         for _ in 0..600 {
             if let Ok(v) = self.call(request.clone()).await {
                 if f(&v) {

@@ -18,7 +18,11 @@ pub struct Broadcaster {
 
 impl Broadcaster {
     pub fn new(rpc: RpcClient, runtime: Handle) -> Self {
-        Broadcaster { rpc, runtime, sent: AtomicU64::new(0) }
+        Broadcaster {
+            rpc,
+            runtime,
+            sent: AtomicU64::new(0),
+        }
     }
 
     /// Transactions handed to the chain node so far.
@@ -29,7 +33,10 @@ impl Broadcaster {
     /// Broadcasts and waits for the chain node's answer (wallet sends, tests).
     pub async fn send(&self, tx: &Transaction) -> Result<bitcoin::Txid, RpcError> {
         let hex = bitcoin::consensus::encode::serialize_hex(tx);
-        let txid: String = self.rpc.call("sendrawtransaction", serde_json::json!([hex])).await?;
+        let txid: String = self
+            .rpc
+            .call("sendrawtransaction", serde_json::json!([hex]))
+            .await?;
         self.sent.fetch_add(1, Ordering::Relaxed);
         txid.parse().map_err(|_| RpcError::Decode {
             method: "sendrawtransaction".into(),
@@ -46,7 +53,10 @@ impl BroadcasterInterface for Broadcaster {
             let rpc = self.rpc.clone();
             self.sent.fetch_add(1, Ordering::Relaxed);
             self.runtime.spawn(async move {
-                match rpc.call::<String>("sendrawtransaction", serde_json::json!([hex])).await {
+                match rpc
+                    .call::<String>("sendrawtransaction", serde_json::json!([hex]))
+                    .await
+                {
                     Ok(_) => tracing::debug!(%txid, "broadcast"),
                     // "already in block chain/mempool" is the common, harmless case on rebroadcast.
                     Err(e) => tracing::info!(%txid, error = %e, "broadcast not accepted"),

@@ -17,7 +17,10 @@ pub struct Lru<K, V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
     pub fn new(capacity: usize) -> Self {
-        Lru { inner: Mutex::new((HashMap::new(), VecDeque::new())), capacity: capacity.max(1) }
+        Lru {
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            capacity: capacity.max(1),
+        }
     }
 
     pub fn get(&self, key: &K) -> Option<V> {
@@ -60,7 +63,11 @@ pub struct HeaderCache {
 
 impl HeaderCache {
     pub fn new(capacity: usize) -> Self {
-        HeaderCache { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(16) }
+        HeaderCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(16),
+        }
     }
 }
 

@@ -52,15 +52,23 @@ impl FeeCache {
                 .call::<SmartFee>("estimatesmartfee", serde_json::json!([blocks]))
                 .await
             {
-                Ok(SmartFee { feerate: Some(rate) }) => Some(rate),
+                Ok(SmartFee {
+                    feerate: Some(rate),
+                }) => Some(rate),
                 Ok(_) => None,
-                Err(_) => rpc.call::<f64>("estimatefee", serde_json::json!([blocks])).await.ok(),
+                Err(_) => rpc
+                    .call::<f64>("estimatefee", serde_json::json!([blocks]))
+                    .await
+                    .ok(),
             };
             let sat_per_kw = btc_per_kvb
                 .filter(|r| r.is_finite() && *r > 0.0)
                 .map(|r| (r * 100_000_000.0 / 4.0) as u32)
                 .unwrap_or(fallback);
-            slot.store(sat_per_kw.clamp(FEERATE_FLOOR_SATS_PER_KW, 1_000_000), Ordering::Relaxed);
+            slot.store(
+                sat_per_kw.clamp(FEERATE_FLOOR_SATS_PER_KW, 1_000_000),
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -70,7 +78,9 @@ impl FeeEstimator for FeeCache {
         let rate = match target {
             ConfirmationTarget::MaximumFeeEstimate | ConfirmationTarget::UrgentOnChainSweep => {
                 // Leave room above the normal rate so counterparties' estimates are accepted.
-                self.urgent.load(Ordering::Relaxed).max(self.normal.load(Ordering::Relaxed) * 2)
+                self.urgent
+                    .load(Ordering::Relaxed)
+                    .max(self.normal.load(Ordering::Relaxed) * 2)
             }
             ConfirmationTarget::NonAnchorChannelFee | ConfirmationTarget::AnchorChannelFee => {
                 self.normal.load(Ordering::Relaxed)

@@ -17,7 +17,11 @@ pub struct TrackedListener {
 
 impl TrackedListener {
     pub fn new(name: String, inner: Arc<dyn Listen + Send + Sync>, best: BestBlock) -> Self {
-        TrackedListener { inner, best: Mutex::new(best), name }
+        TrackedListener {
+            inner,
+            best: Mutex::new(best),
+            name,
+        }
     }
 
     pub fn best_block(&self) -> BestBlock {

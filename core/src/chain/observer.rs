@@ -62,7 +62,12 @@ struct Fanout {
 
 impl Fanout {
     fn snapshot(&self) -> Vec<Arc<TrackedListener>> {
-        self.listeners.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -87,10 +92,20 @@ impl Listen for Fanout {
         for l in self.snapshot() {
             l.blocks_disconnected(fork_point);
         }
-        let old = self.best.write().unwrap_or_else(|p| p.into_inner()).replace(fork_point);
-        let depth = old.map(|b| b.height.saturating_sub(fork_point.height)).unwrap_or(0);
+        let old = self
+            .best
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(fork_point);
+        let depth = old
+            .map(|b| b.height.saturating_sub(fork_point.height))
+            .unwrap_or(0);
         self.disconnected.fetch_add(depth as u64, Ordering::Relaxed);
-        tracing::info!(fork_height = fork_point.height, depth, "reorg: disconnected to fork point");
+        tracing::info!(
+            fork_height = fork_point.height,
+            depth,
+            "reorg: disconnected to fork point"
+        );
     }
 }
 
@@ -99,7 +114,8 @@ impl Fanout {
         *self.best.write().unwrap_or_else(|p| p.into_inner()) =
             Some(BestBlock::new(header.block_hash(), height));
         self.connected.fetch_add(1, Ordering::Relaxed);
-        self.deliveries.fetch_add(listeners as u64, Ordering::Relaxed);
+        self.deliveries
+            .fetch_add(listeners as u64, Ordering::Relaxed);
     }
 }
 
@@ -109,8 +125,14 @@ enum Command {
         parts: Vec<(BlockHash, Arc<dyn Listen + Send + Sync>)>,
         reply: oneshot::Sender<Result<BestBlock, ChainError>>,
     },
-    Join { id: u64, listener: Arc<TrackedListener>, reply: oneshot::Sender<Result<(), ChainError>> },
-    Leave { id: u64 },
+    Join {
+        id: u64,
+        listener: Arc<TrackedListener>,
+        reply: oneshot::Sender<Result<(), ChainError>>,
+    },
+    Leave {
+        id: u64,
+    },
 }
 
 /// Shared chain access for one host.
@@ -142,7 +164,9 @@ impl Deref for SourceRef {
 impl ChainObserver {
     /// Connects to the chain node (bounded retries), then polls it every `poll_interval`.
     pub async fn start(
-        rpc: &RpcConfig, network: Network, poll_interval: Duration,
+        rpc: &RpcConfig,
+        network: Network,
+        poll_interval: Duration,
     ) -> Result<Arc<ChainObserver>, ChainError> {
         let client = RpcClient::new(rpc)?;
         let source = Arc::new(RpcBlockSource::new(client.clone()));
@@ -165,7 +189,16 @@ impl ChainObserver {
             next_id: AtomicU64::new(1),
             tip_height: tip_height.clone(),
         });
-        tokio::spawn(run(source, fees, fanout, network, tip, rx, poll_interval, tip_height));
+        tokio::spawn(run(
+            source,
+            fees,
+            fanout,
+            network,
+            tip,
+            rx,
+            poll_interval,
+            tip_height,
+        ));
         Ok(observer)
     }
 
@@ -193,13 +226,20 @@ impl ChainObserver {
     /// Adds a node: syncs it from its own best block to the tip through the shared caches, then
     /// feeds it every new block. Returns once the node is at the tip.
     pub async fn join(
-        &self, name: String, listener: Arc<dyn Listen + Send + Sync>, best: BestBlock,
+        &self,
+        name: String,
+        listener: Arc<dyn Listen + Send + Sync>,
+        best: BestBlock,
     ) -> Result<ListenerId, ChainError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let tracked = Arc::new(TrackedListener::new(name, listener, best));
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Join { id, listener: tracked, reply })
+            .send(Command::Join {
+                id,
+                listener: tracked,
+                reply,
+            })
             .map_err(|_| ChainError::Stopped)?;
         rx.await.map_err(|_| ChainError::Stopped)??;
         Ok(ListenerId(id))
@@ -209,10 +249,14 @@ impl ChainObserver {
     /// manager, monitors, sweeper, wallet after a restart) to the chain tip, through the shared
     /// caches. Returns the tip they all reached.
     pub async fn sync(
-        &self, name: String, parts: Vec<(BlockHash, Arc<dyn Listen + Send + Sync>)>,
+        &self,
+        name: String,
+        parts: Vec<(BlockHash, Arc<dyn Listen + Send + Sync>)>,
     ) -> Result<BestBlock, ChainError> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(Command::Sync { name, parts, reply }).map_err(|_| ChainError::Stopped)?;
+        self.commands
+            .send(Command::Sync { name, parts, reply })
+            .map_err(|_| ChainError::Stopped)?;
         rx.await.map_err(|_| ChainError::Stopped)?
     }
 
@@ -231,7 +275,12 @@ impl ChainObserver {
             block_deliveries: self.fanout.deliveries.load(Ordering::Relaxed),
             getblock_calls: rpc.call_count("getblock"),
             getblockheader_calls: rpc.call_count("getblockheader"),
-            nodes: self.fanout.listeners.read().unwrap_or_else(|p| p.into_inner()).len(),
+            nodes: self
+                .fanout
+                .listeners
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
         }
     }
 
@@ -244,7 +293,10 @@ impl ChainObserver {
                 return Ok(self.tip_height.load(Ordering::Relaxed));
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(ChainError::Sync { node: "observer".into(), reason: "tip not reached in time".into() });
+                return Err(ChainError::Sync {
+                    node: "observer".into(),
+                    reason: "tip not reached in time".into(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -252,7 +304,7 @@ impl ChainObserver {
 }
 
 async fn first_tip(source: &Arc<RpcBlockSource>) -> Result<ValidatedBlockHeader, ChainError> {
-    const ATTEMPTS: u32 = 5;
+    const ATTEMPTS: u32 = 4;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
         match validate_best_block_header(SourceRef(source.clone())).await {
@@ -271,14 +323,22 @@ async fn first_tip(source: &Arc<RpcBlockSource>) -> Result<ValidatedBlockHeader,
             }
         }
     }
-    Err(ChainError::Unreachable { attempts: ATTEMPTS, last })
+    Err(ChainError::Unreachable {
+        attempts: ATTEMPTS,
+        last,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
-    source: Arc<RpcBlockSource>, fees: Arc<FeeCache>, fanout: Arc<Fanout>, network: Network,
-    mut tip: ValidatedBlockHeader, mut commands: mpsc::UnboundedReceiver<Command>,
-    poll_interval: Duration, tip_height: Arc<AtomicU32>,
+    source: Arc<RpcBlockSource>,
+    fees: Arc<FeeCache>,
+    fanout: Arc<Fanout>,
+    network: Network,
+    mut tip: ValidatedBlockHeader,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    poll_interval: Duration,
+    tip_height: Arc<AtomicU32>,
 ) {
     let mut cache = HeaderCache::new(2016);
     cache.block_connected(tip.header.block_hash(), tip);
@@ -293,6 +353,8 @@ async fn run(
                     let listeners: Vec<(BlockHash, &(dyn Listen + Send + Sync))> =
                         parts.iter().map(|(hash, l)| (*hash, &**l)).collect();
                     let result = sync_with_retry(&source, network, &mut cache, &name, listeners).await;
+                    // Hand the listeners back before answering: the caller may need sole ownership.
+                    drop(parts);
                     let _ = reply.send(result);
                 }
                 Some(Command::Join { id, listener, reply }) => {
@@ -337,12 +399,17 @@ async fn run(
 }
 
 async fn sync_with_retry<L: Listen + ?Sized>(
-    source: &Arc<RpcBlockSource>, network: Network, cache: &mut HeaderCache, name: &str,
+    source: &Arc<RpcBlockSource>,
+    network: Network,
+    cache: &mut HeaderCache,
+    name: &str,
     listeners: Vec<(BlockHash, &L)>,
 ) -> Result<BestBlock, ChainError> {
     let mut attempts = 0;
     loop {
-        match synchronize_listeners(SourceRef(source.clone()), network, cache, listeners.clone()).await {
+        match synchronize_listeners(SourceRef(source.clone()), network, cache, listeners.clone())
+            .await
+        {
             Ok(tip) => return Ok(BestBlock::new(tip.header.block_hash(), tip.height)),
             Err(e) if attempts < 3 => {
                 attempts += 1;
@@ -350,7 +417,10 @@ async fn sync_with_retry<L: Listen + ?Sized>(
                 tokio::time::sleep(Duration::from_millis(200 * attempts)).await;
             }
             Err(e) => {
-                return Err(ChainError::Sync { node: name.to_string(), reason: format!("{:?}", e.into_inner()) })
+                return Err(ChainError::Sync {
+                    node: name.to_string(),
+                    reason: format!("{:?}", e.into_inner()),
+                })
             }
         }
     }

@@ -68,13 +68,19 @@ impl RpcBlockSource {
         if let Some(block) = self.blocks.get(hash) {
             return Ok(block);
         }
-        let hex: String = self.rpc.call("getblock", serde_json::json!([hash.to_string(), 0])).await?;
+        let hex: String = self
+            .rpc
+            .call("getblock", serde_json::json!([hash.to_string(), 0]))
+            .await?;
         let block: Block = decode_hex(&hex).map_err(|reason| RpcError::Decode {
             method: "getblock".into(),
             reason,
         })?;
         if block.block_hash() != *hash {
-            return Err(RpcError::Decode { method: "getblock".into(), reason: "wrong block".into() });
+            return Err(RpcError::Decode {
+                method: "getblock".into(),
+                reason: "wrong block".into(),
+            });
         }
         self.blocks_fetched.fetch_add(1, Ordering::Relaxed);
         let block = Arc::new(block);
@@ -87,10 +93,17 @@ impl RpcBlockSource {
         if let Some(h) = self.headers.get(hash) {
             return Ok(h);
         }
-        let v: VerboseHeader =
-            self.rpc.call("getblockheader", serde_json::json!([hash.to_string(), true])).await?;
-        let data = header_from_verbose(v)
-            .map_err(|reason| RpcError::Decode { method: "getblockheader".into(), reason })?;
+        let v: VerboseHeader = self
+            .rpc
+            .call(
+                "getblockheader",
+                serde_json::json!([hash.to_string(), true]),
+            )
+            .await?;
+        let data = header_from_verbose(v).map_err(|reason| RpcError::Decode {
+            method: "getblockheader".into(),
+            reason,
+        })?;
         if data.header.block_hash() != *hash {
             return Err(RpcError::Decode {
                 method: "getblockheader".into(),
@@ -102,7 +115,10 @@ impl RpcBlockSource {
     }
 
     pub async fn best_block_hash(&self) -> Result<BlockHash, RpcError> {
-        let hash: String = self.rpc.call("getbestblockhash", serde_json::json!([])).await?;
+        let hash: String = self
+            .rpc
+            .call("getbestblockhash", serde_json::json!([]))
+            .await?;
         hash.parse().map_err(|_| RpcError::Decode {
             method: "getbestblockhash".into(),
             reason: format!("not a block hash: {hash}"),
@@ -136,7 +152,9 @@ fn header_from_verbose(v: VerboseHeader) -> Result<BlockHeaderData, String> {
         Some(hex) => {
             let bytes: Vec<u8> = bitcoin::hex::FromHex::from_hex(&format!("{hex:0>64}"))
                 .map_err(|_| format!("bad chainwork {hex:?}"))?;
-            let arr: [u8; 32] = bytes.try_into().map_err(|_| "chainwork too long".to_string())?;
+            let arr: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| "chainwork too long".to_string())?;
             Work::from_be_bytes(arr)
         }
         None => {
@@ -147,7 +165,11 @@ fn header_from_verbose(v: VerboseHeader) -> Result<BlockHeaderData, String> {
             total
         }
     };
-    Ok(BlockHeaderData { header, height: v.height, chainwork })
+    Ok(BlockHeaderData {
+        header,
+        height: v.height,
+        chainwork,
+    })
 }
 
 fn to_source_error(e: RpcError) -> BlockSourceError {
@@ -160,12 +182,17 @@ fn to_source_error(e: RpcError) -> BlockSourceError {
 
 impl BlockSource for RpcBlockSource {
     fn get_header<'a>(
-        &'a self, header_hash: &'a BlockHash, _height_hint: Option<u32>,
+        &'a self,
+        header_hash: &'a BlockHash,
+        _height_hint: Option<u32>,
     ) -> AsyncBlockSourceResult<'a, BlockHeaderData> {
         Box::pin(async move { self.header(header_hash).await.map_err(to_source_error) })
     }
 
-    fn get_block<'a>(&'a self, header_hash: &'a BlockHash) -> AsyncBlockSourceResult<'a, BlockData> {
+    fn get_block<'a>(
+        &'a self,
+        header_hash: &'a BlockHash,
+    ) -> AsyncBlockSourceResult<'a, BlockData> {
         Box::pin(async move {
             let block = self.block(header_hash).await.map_err(to_source_error)?;
             Ok(BlockData::FullBlock((*block).clone()))

@@ -70,18 +70,25 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let mut nodes: Vec<Arc<Node>> = Vec::new();
     for i in 0..args.nodes {
         let seed: [u8; 32] = rand_seed();
-        std::fs::write(seeds.join(format!("node-{i}.seed")), bitcoin::hex::DisplayHex::to_lower_hex_string(&seed[..]))?;
+        std::fs::write(
+            seeds.join(format!("node-{i}.seed")),
+            bitcoin::hex::DisplayHex::to_lower_hex_string(&seed[..]),
+        )?;
         let signer = InProcessSigner::from_seed(&seed, bitcoin::Network::Regtest)?;
         nodes.push(host.add_node(&format!("node-{i}"), &signer).await?);
     }
 
     step("funding every node's wallet");
     for node in &nodes {
-        chain.send(&node.new_address()?, Amount::from_sat(CHANNEL_SAT * 2)).await?;
+        chain
+            .send(&node.new_address()?, Amount::from_sat(CHANNEL_SAT * 2))
+            .await?;
     }
     chain.mine(1).await?;
     wait_until("wallets funded", Duration::from_secs(60), || {
-        nodes.iter().all(|n| n.wallet_balance().confirmed_sat >= CHANNEL_SAT * 2)
+        nodes
+            .iter()
+            .all(|n| n.wallet_balance().confirmed_sat >= CHANNEL_SAT * 2)
     })
     .await?;
 
@@ -92,7 +99,9 @@ pub async fn run(args: DemoArgs) -> CliResult {
         node.open_channel(next.id, CHANNEL_SAT, 0)?;
     }
     wait_until("funding broadcast", Duration::from_secs(60), || {
-        nodes.iter().all(|n| n.channels().iter().all(|c| c.funding_txo.is_some()))
+        nodes
+            .iter()
+            .all(|n| n.channels().iter().all(|c| c.funding_txo.is_some()))
     })
     .await?;
     // Let the funding transactions reach the mempool before mining them.
@@ -113,7 +122,10 @@ pub async fn run(args: DemoArgs) -> CliResult {
         let payer = &nodes[k % nodes.len()];
         let payee = &nodes[(k + 1) % nodes.len()];
         let invoice = payee.create_invoice(PAYMENT_MSAT, &format!("demo payment {k}"), 3600)?;
-        match payer.pay_invoice(&invoice.to_string(), Duration::from_secs(60)).await {
+        match payer
+            .pay_invoice(&invoice.to_string(), Duration::from_secs(60))
+            .await
+        {
             Ok(PaymentOutcome::Succeeded { preimage, .. })
                 if bitcoin::hashes::sha256::Hash::hash(&preimage).to_byte_array()
                     == invoice.payment_hash().to_byte_array() =>
@@ -139,7 +151,11 @@ pub async fn run(args: DemoArgs) -> CliResult {
         getblockheader_calls: stats.getblockheader_calls,
         block_deliveries: stats.block_deliveries,
         elapsed_s: round2(started.elapsed().as_secs_f64()),
-        payments_per_s: round2(if pay_elapsed > 0.0 { ok as f64 / pay_elapsed } else { 0.0 }),
+        payments_per_s: round2(if pay_elapsed > 0.0 {
+            ok as f64 / pay_elapsed
+        } else {
+            0.0
+        }),
         data_dir: dir.clone(),
     };
     host.shutdown().await;
@@ -148,7 +164,10 @@ pub async fn run(args: DemoArgs) -> CliResult {
     println!("Flotilla demo");
     println!("  nodes hosted        {}", summary.nodes);
     println!("  channels            {}", summary.channels);
-    println!("  payments ok/failed  {}/{}", summary.payments_ok, summary.payments_failed);
+    println!(
+        "  payments ok/failed  {}/{}",
+        summary.payments_ok, summary.payments_failed
+    );
     println!("  payments per second {}", summary.payments_per_s);
     println!(
         "  blocks connected    {} (getblock calls: {}, deliveries to nodes: {})",
@@ -185,8 +204,16 @@ fn step(what: &str) {
 
 fn progress(done: usize, total: usize, ok: usize, failed: usize) {
     let width = 30;
-    let filled = if total == 0 { width } else { done * width / total };
-    eprint!("\r    [{}{}] {done}/{total} ok {ok} failed {failed}", "#".repeat(filled), "-".repeat(width - filled));
+    let filled = if total == 0 {
+        width
+    } else {
+        done * width / total
+    };
+    eprint!(
+        "\r    [{}{}] {done}/{total} ok {ok} failed {failed}",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    );
     let _ = std::io::stderr().flush();
 }
 

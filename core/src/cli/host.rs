@@ -42,16 +42,48 @@ struct ChainFile {
 #[serde(tag = "cmd", rename_all = "snake_case")]
 enum Request {
     Info,
-    Address { node: String },
-    Balance { node: String },
-    Connect { node: String, peer: String, addr: SocketAddr },
-    Open { node: String, peer: String, sat: u64, #[serde(default)] push_msat: u64 },
-    Channels { node: String },
-    Invoice { node: String, msat: u64 },
-    Pay { node: String, invoice: String },
-    Close { node: String, channel_id: String, peer: String },
-    ForceClose { node: String, channel_id: String, peer: String },
-    Payments { node: String },
+    Address {
+        node: String,
+    },
+    Balance {
+        node: String,
+    },
+    Connect {
+        node: String,
+        peer: String,
+        addr: SocketAddr,
+    },
+    Open {
+        node: String,
+        peer: String,
+        sat: u64,
+        #[serde(default)]
+        push_msat: u64,
+    },
+    Channels {
+        node: String,
+    },
+    Invoice {
+        node: String,
+        msat: u64,
+    },
+    Pay {
+        node: String,
+        invoice: String,
+    },
+    Close {
+        node: String,
+        channel_id: String,
+        peer: String,
+    },
+    ForceClose {
+        node: String,
+        channel_id: String,
+        peer: String,
+    },
+    Payments {
+        node: String,
+    },
 }
 
 pub async fn run(args: HostArgs) -> CliResult {
@@ -60,13 +92,17 @@ pub async fn run(args: HostArgs) -> CliResult {
     let host = Host::start(HostConfig::regtest(args.db, chain.rpc)).await?;
     let mut by_alias: HashMap<String, Arc<Node>> = HashMap::new();
     for spec in &args.nodes {
-        let (alias, file) = spec.split_once('=').ok_or_else(|| format!("--node {spec}: expected ALIAS=SEED_FILE"))?;
+        let (alias, file) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--node {spec}: expected ALIAS=SEED_FILE"))?;
         let seed = read_seed_file(std::path::Path::new(file))?;
         let signer = InProcessSigner::from_seed(&seed, bitcoin::Network::Regtest)?;
         by_alias.insert(alias.to_string(), host.add_node(alias, &signer).await?);
     }
     let mut stdout = tokio::io::stdout();
-    stdout.write_all(format!("{}\n", info(&by_alias)).as_bytes()).await?;
+    stdout
+        .write_all(format!("{}\n", info(&by_alias)).as_bytes())
+        .await?;
     stdout.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
@@ -96,7 +132,8 @@ fn info(nodes: &HashMap<String, Arc<Node>>) -> Value {
 }
 
 fn pubkey(s: &str) -> Result<PublicKey, HostError> {
-    s.parse().map_err(|_| HostError::InvalidInput(format!("not a node id: {s}")))
+    s.parse()
+        .map_err(|_| HostError::InvalidInput(format!("not a node id: {s}")))
 }
 
 fn channel_id(s: &str) -> Result<lightning::ln::types::ChannelId, HostError> {
@@ -106,7 +143,12 @@ fn channel_id(s: &str) -> Result<lightning::ln::types::ChannelId, HostError> {
 }
 
 async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<Value, HostError> {
-    let get = |alias: &str| nodes.get(alias).cloned().ok_or_else(|| HostError::UnknownNode(alias.to_string()));
+    let get = |alias: &str| {
+        nodes
+            .get(alias)
+            .cloned()
+            .ok_or_else(|| HostError::UnknownNode(alias.to_string()))
+    };
     Ok(match request {
         Request::Info => info(nodes)["ok"].clone(),
         Request::Address { node } => json!(get(&node)?.new_address()?.to_string()),
@@ -120,8 +162,15 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
             get(&node)?.connect(pubkey(&peer)?, addr).await?;
             json!(true)
         }
-        Request::Open { node, peer, sat, push_msat } => {
-            json!(get(&node)?.open_channel(pubkey(&peer)?, sat, push_msat)?.to_string())
+        Request::Open {
+            node,
+            peer,
+            sat,
+            push_msat,
+        } => {
+            json!(get(&node)?
+                .open_channel(pubkey(&peer)?, sat, push_msat)?
+                .to_string())
         }
         Request::Channels { node } => {
             let chans: Vec<Value> = get(&node)?
@@ -141,18 +190,31 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
                 .collect();
             json!(chans)
         }
-        Request::Invoice { node, msat } => json!(get(&node)?.create_invoice(msat, "flotilla", 3600)?.to_string()),
-        Request::Pay { node, invoice } => match get(&node)?.pay_invoice(&invoice, Duration::from_secs(60)).await? {
+        Request::Invoice { node, msat } => json!(get(&node)?
+            .create_invoice(msat, "flotilla", 3600)?
+            .to_string()),
+        Request::Pay { node, invoice } => match get(&node)?
+            .pay_invoice(&invoice, Duration::from_secs(60))
+            .await?
+        {
             PaymentOutcome::Succeeded { preimage, fee_msat } => {
                 json!({"preimage": bitcoin::hex::DisplayHex::to_lower_hex_string(&preimage[..]), "fee_msat": fee_msat})
             }
             PaymentOutcome::Failed { reason } => return Err(HostError::PaymentFailed(reason)),
         },
-        Request::Close { node, channel_id: id, peer } => {
+        Request::Close {
+            node,
+            channel_id: id,
+            peer,
+        } => {
             get(&node)?.close_channel(&channel_id(&id)?, &pubkey(&peer)?)?;
             json!(true)
         }
-        Request::ForceClose { node, channel_id: id, peer } => {
+        Request::ForceClose {
+            node,
+            channel_id: id,
+            peer,
+        } => {
             get(&node)?.force_close_channel(&channel_id(&id)?, &pubkey(&peer)?)?;
             json!(true)
         }

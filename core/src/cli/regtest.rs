@@ -17,6 +17,8 @@ const MAX_FUND_SATS: u64 = 15_000 * 100_000_000;
 
 #[derive(Subcommand)]
 pub enum RegtestCommand {
+    /// Install btcd (pinned, with `go install`) if it is missing, and print its path.
+    Install,
     /// Start btcd in the background (installs btcd on first use) and write DIR/regtest.json.
     Up(DirArg),
     /// Mine N blocks to the harness key.
@@ -59,6 +61,10 @@ impl DirArg {
 
 pub async fn run(cmd: RegtestCommand) -> CliResult {
     match cmd {
+        RegtestCommand::Install => {
+            println!("{}", crate::regtest::ensure_btcd().await?.display());
+            Ok(())
+        }
         RegtestCommand::Up(dir) => up(dir.resolve()).await,
         RegtestCommand::Mine { blocks, dir } => mine(&blocks, dir.resolve()).await,
         RegtestCommand::Fund { address, sats, dir } => fund(&address, &sats, dir.resolve()).await,

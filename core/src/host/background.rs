@@ -11,7 +11,7 @@ use lightning_background_processor::{
 use lightning_rapid_gossip_sync::RapidGossipSync;
 
 use super::node::Node;
-use super::types::{Graph, GossipSync as P2pSync, Logger, SharedScorer, Utxos};
+use super::types::{GossipSync as P2pSync, Graph, Logger, SharedScorer, Utxos};
 
 pub(crate) async fn run(node: Arc<Node>) {
     let stop = node.stopped();
@@ -34,8 +34,13 @@ pub(crate) async fn run(node: Arc<Node>) {
             })
         }
     };
-    let gossip: GossipSync<Arc<P2pSync>, Arc<RapidGossipSync<Arc<Graph>, Arc<Logger>>>, Arc<Graph>, Utxos, Arc<Logger>> =
-        GossipSync::None;
+    let gossip: GossipSync<
+        Arc<P2pSync>,
+        Arc<RapidGossipSync<Arc<Graph>, Arc<Logger>>>,
+        Arc<Graph>,
+        Utxos,
+        Arc<Logger>,
+    > = GossipSync::None;
     let result = process_events_async_with_kv_store_sync(
         node.kv.clone(),
         handler,
@@ -50,7 +55,13 @@ pub(crate) async fn run(node: Arc<Node>) {
         None::<SharedScorer>,
         sleeper,
         false,
-        || Some(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()),
+        || {
+            Some(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default(),
+            )
+        },
     )
     .await;
     if let Err(e) = result {

@@ -18,7 +18,10 @@ pub enum HostError {
     #[error("the chain observer has no tip yet")]
     NoChainTip,
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("unknown node {0}")]
     UnknownNode(String),
     #[error("node {0} is already running on this host")]
@@ -37,7 +40,10 @@ pub enum HostError {
 
 impl From<lightning::io::Error> for HostError {
     fn from(e: lightning::io::Error) -> Self {
-        HostError::Io(std::io::Error::new(std::io::ErrorKind::Other, e.to_string()))
+        HostError::Io(std::io::Error::new(
+            std::io::ErrorKind::Other,
+            e.to_string(),
+        ))
     }
 }
 

@@ -10,7 +10,10 @@ use super::node::{Node, PaymentOutcome};
 use crate::store::{ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus};
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -30,7 +33,10 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             ..
         } => {
             let amount = bitcoin::Amount::from_sat(channel_value_satoshis);
-            match node.wallet.build_funding_tx(output_script, amount, node.funding_feerate()) {
+            match node
+                .wallet
+                .build_funding_tx(output_script, amount, node.funding_feerate())
+            {
                 Ok(tx) => {
                     node.wallet.transaction_broadcast(&tx)?;
                     node.channel_manager.funding_transaction_generated(
@@ -47,24 +53,42 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                         &counterparty_node_id,
                         format!("funding failed: {e}"),
                     );
-                    store.insert_event(&node_id, "funding_failed", &json!({"error": e.to_string()}))?;
+                    store.insert_event(
+                        &node_id,
+                        "funding_failed",
+                        &json!({"error": e.to_string()}),
+                    )?;
                 }
             }
         }
-        Event::PaymentClaimable { payment_hash, purpose, amount_msat, .. } => {
+        Event::PaymentClaimable {
+            payment_hash,
+            purpose,
+            amount_msat,
+            ..
+        } => {
             match purpose.preimage() {
                 Some(preimage) => node.channel_manager.claim_funds(preimage),
                 None => node.channel_manager.fail_htlc_backwards(&payment_hash),
             }
             let _ = amount_msat;
         }
-        Event::PaymentClaimed { payment_hash, purpose, amount_msat, .. } => {
+        Event::PaymentClaimed {
+            payment_hash,
+            purpose,
+            amount_msat,
+            ..
+        } => {
             let preimage = match &purpose {
-                PaymentPurpose::Bolt11InvoicePayment { payment_preimage, .. }
-                | PaymentPurpose::Bolt12OfferPayment { payment_preimage, .. }
-                | PaymentPurpose::Bolt12RefundPayment { payment_preimage, .. } => {
-                    payment_preimage.map(|p| hex(&p.0))
+                PaymentPurpose::Bolt11InvoicePayment {
+                    payment_preimage, ..
                 }
+                | PaymentPurpose::Bolt12OfferPayment {
+                    payment_preimage, ..
+                }
+                | PaymentPurpose::Bolt12RefundPayment {
+                    payment_preimage, ..
+                } => payment_preimage.map(|p| hex(&p.0)),
                 PaymentPurpose::SpontaneousPayment(p) => Some(hex(&p.0)),
             };
             let hash = hex(&payment_hash.0);
@@ -82,10 +106,20 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                 created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
                 updated_at: now(),
             })?;
-            store.insert_event(&node_id, "payment_received", &json!({"payment_hash": hash, "amount_msat": amount_msat}))?;
+            store.insert_event(
+                &node_id,
+                "payment_received",
+                &json!({"payment_hash": hash, "amount_msat": amount_msat}),
+            )?;
             refresh_channels(node)?;
         }
-        Event::PaymentSent { payment_hash, payment_preimage, fee_paid_msat, amount_msat, .. } => {
+        Event::PaymentSent {
+            payment_hash,
+            payment_preimage,
+            fee_paid_msat,
+            amount_msat,
+            ..
+        } => {
             let hash = hex(&payment_hash.0);
             let existing = store.payment(&node_id, &hash, Direction::Outbound)?;
             store.upsert_payment(&PaymentRow {
@@ -101,11 +135,26 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                 created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
                 updated_at: now(),
             })?;
-            store.insert_event(&node_id, "payment_sent", &json!({"payment_hash": hash, "fee_msat": fee_paid_msat}))?;
+            store.insert_event(
+                &node_id,
+                "payment_sent",
+                &json!({"payment_hash": hash, "fee_msat": fee_paid_msat}),
+            )?;
             refresh_channels(node)?;
-            resolve(node, payment_hash.0, PaymentOutcome::Succeeded { preimage: payment_preimage.0, fee_msat: fee_paid_msat });
+            resolve(
+                node,
+                payment_hash.0,
+                PaymentOutcome::Succeeded {
+                    preimage: payment_preimage.0,
+                    fee_msat: fee_paid_msat,
+                },
+            );
         }
-        Event::PaymentFailed { payment_hash, reason, .. } => {
+        Event::PaymentFailed {
+            payment_hash,
+            reason,
+            ..
+        } => {
             let reason = format!("{reason:?}");
             if let Some(payment_hash) = payment_hash {
                 let hash = hex(&payment_hash.0);
@@ -123,33 +172,70 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                     created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
                     updated_at: now(),
                 })?;
-                store.insert_event(&node_id, "payment_failed", &json!({"payment_hash": hash, "reason": reason}))?;
+                store.insert_event(
+                    &node_id,
+                    "payment_failed",
+                    &json!({"payment_hash": hash, "reason": reason}),
+                )?;
                 resolve(node, payment_hash.0, PaymentOutcome::Failed { reason });
             }
         }
-        Event::SpendableOutputs { outputs, channel_id } => {
+        Event::SpendableOutputs {
+            outputs,
+            channel_id,
+        } => {
             // The sweeper persists them and spends them to the wallet, rebroadcasting as needed.
+            // Static outputs too: a cooperative close pays LDK's shutdown script, not the wallet.
             node.sweeper
-                .track_spendable_outputs(outputs, channel_id, true, None)
+                .track_spendable_outputs(outputs, channel_id, false, None)
                 .map_err(|_| HostError::Lightning("sweeper could not persist outputs".into()))?;
-            store.insert_event(&node_id, "spendable_outputs", &json!({"channel_id": channel_id.map(|c| c.to_string())}))?;
+            store.insert_event(
+                &node_id,
+                "spendable_outputs",
+                &json!({"channel_id": channel_id.map(|c| c.to_string())}),
+            )?;
         }
-        Event::ChannelPending { channel_id, counterparty_node_id, funding_txo, .. } => {
-            store.insert_event(&node_id, "channel_pending", &json!({
-                "channel_id": channel_id.to_string(),
-                "counterparty": counterparty_node_id.to_string(),
-                "funding_txo": funding_txo.to_string(),
-            }))?;
+        Event::ChannelPending {
+            channel_id,
+            counterparty_node_id,
+            funding_txo,
+            ..
+        } => {
+            store.insert_event(
+                &node_id,
+                "channel_pending",
+                &json!({
+                    "channel_id": channel_id.to_string(),
+                    "counterparty": counterparty_node_id.to_string(),
+                    "funding_txo": funding_txo.to_string(),
+                }),
+            )?;
             refresh_channels(node)?;
         }
-        Event::ChannelReady { channel_id, counterparty_node_id, .. } => {
-            store.insert_event(&node_id, "channel_ready", &json!({
-                "channel_id": channel_id.to_string(),
-                "counterparty": counterparty_node_id.to_string(),
-            }))?;
+        Event::ChannelReady {
+            channel_id,
+            counterparty_node_id,
+            ..
+        } => {
+            store.insert_event(
+                &node_id,
+                "channel_ready",
+                &json!({
+                    "channel_id": channel_id.to_string(),
+                    "counterparty": counterparty_node_id.to_string(),
+                }),
+            )?;
             refresh_channels(node)?;
         }
-        Event::ChannelClosed { channel_id, reason, counterparty_node_id, channel_capacity_sats, channel_funding_txo, user_channel_id, .. } => {
+        Event::ChannelClosed {
+            channel_id,
+            reason,
+            counterparty_node_id,
+            channel_capacity_sats,
+            channel_funding_txo,
+            user_channel_id,
+            ..
+        } => {
             let id = channel_id.to_string();
             let reason = format!("{reason}");
             let mut row = store
@@ -160,7 +246,9 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                     node_id: node_id.clone(),
                     channel_id: id.clone(),
                     user_channel_id: user_channel_id.to_string(),
-                    counterparty_node_id: counterparty_node_id.map(|c| c.to_string()).unwrap_or_default(),
+                    counterparty_node_id: counterparty_node_id
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
                     funding_txid: channel_funding_txo.map(|o| o.txid.to_string()),
                     funding_vout: channel_funding_txo.map(|o| o.index as u32),
                     capacity_sat: channel_capacity_sats.unwrap_or(0),
@@ -175,12 +263,24 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             row.close_reason = Some(reason.clone());
             row.updated_at = now();
             store.upsert_channel(&row)?;
-            store.insert_event(&node_id, "channel_closed", &json!({"channel_id": id, "reason": reason}))?;
+            store.insert_event(
+                &node_id,
+                "channel_closed",
+                &json!({"channel_id": id, "reason": reason}),
+            )?;
         }
         Event::DiscardFunding { channel_id, .. } => {
-            store.insert_event(&node_id, "discard_funding", &json!({"channel_id": channel_id.to_string()}))?;
+            store.insert_event(
+                &node_id,
+                "discard_funding",
+                &json!({"channel_id": channel_id.to_string()}),
+            )?;
         }
-        Event::OpenChannelRequest { temporary_channel_id, counterparty_node_id, .. } => {
+        Event::OpenChannelRequest {
+            temporary_channel_id,
+            counterparty_node_id,
+            ..
+        } => {
             // Only raised with manual acceptance, which hosted nodes do not enable; accept anyway.
             node.channel_manager.accept_inbound_channel(
                 &temporary_channel_id,
@@ -205,7 +305,11 @@ fn rand_u128(node: &Node) -> u128 {
 }
 
 fn resolve(node: &Node, hash: [u8; 32], outcome: PaymentOutcome) {
-    let waiters = node.payment_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+    let waiters = node
+        .payment_waiters
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&hash);
     for waiter in waiters.into_iter().flatten() {
         let _ = waiter.send(outcome.clone());
     }

@@ -63,7 +63,8 @@ impl Host {
     /// scorer, and starts the chain observer. Nodes are added with [`Host::add_node`].
     pub async fn start(config: HostConfig) -> Result<Arc<Host>, HostError> {
         let store = Store::open(&config.db_path)?;
-        let observer = ChainObserver::start(&config.rpc, config.network, config.poll_interval).await?;
+        let observer =
+            ChainObserver::start(&config.rpc, config.network, config.poll_interval).await?;
         let kv = store.kv(HOST_SCOPE);
         let logger = Arc::new(LdkLogger::new("host"));
         let graph: Arc<Graph> = Arc::new(
@@ -85,12 +86,20 @@ impl Host {
             SCORER_PERSISTENCE_SECONDARY_NAMESPACE,
             SCORER_PERSISTENCE_KEY,
         )? {
-            Some(bytes) => ProbabilisticScorer::read(&mut &bytes[..], (decay, graph.clone(), logger.clone()))
-                .map_err(|e| HostError::Corrupt(format!("scorer: {e}")))?,
+            Some(bytes) => {
+                ProbabilisticScorer::read(&mut &bytes[..], (decay, graph.clone(), logger.clone()))
+                    .map_err(|e| HostError::Corrupt(format!("scorer: {e}")))?
+            }
             None => ProbabilisticScorer::new(decay, graph.clone(), logger.clone()),
         };
         let gossip = Arc::new(P2PGossipSync::new(graph.clone(), None, logger.clone()));
-        let shared = Shared { observer, graph, scorer: Arc::new(RwLock::new(scorer)), gossip, store };
+        let shared = Shared {
+            observer,
+            graph,
+            scorer: Arc::new(RwLock::new(scorer)),
+            gossip,
+            store,
+        };
         let host = Arc::new(Host {
             config,
             shared,
@@ -102,26 +111,44 @@ impl Host {
             move || weak.upgrade().map(|h| h.nodes()).unwrap_or_default(),
             Duration::from_secs(2),
         ));
-        host.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(reconnect);
+        host.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reconnect);
         Ok(host)
     }
 
     /// Starts a node with its signer: a new one, or one the store already knows (restart).
-    pub async fn add_node(&self, alias: &str, signer: &InProcessSigner) -> Result<Arc<Node>, HostError> {
+    pub async fn add_node(
+        &self,
+        alias: &str,
+        signer: &InProcessSigner,
+    ) -> Result<Arc<Node>, HostError> {
         let id = signer.node_id();
-        if self.nodes.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id) {
+        if self
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+        {
             return Err(HostError::AlreadyRunning(id.to_string()));
         }
         // Come back on the same port so peers' stored addresses stay valid.
         let previous = self.shared.store.node(&id.to_string())?;
         let mut listen = SocketAddr::new(self.config.listen_ip, 0);
-        if let Some(addr) = previous.and_then(|n| n.listen_addr).and_then(|a| a.parse::<SocketAddr>().ok()) {
+        if let Some(addr) = previous
+            .and_then(|n| n.listen_addr)
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        {
             if std::net::TcpListener::bind(addr).is_ok() {
                 listen = addr;
             }
         }
         let node = Node::start(alias, signer, self.shared.clone(), listen).await?;
-        self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(id, node.clone());
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, node.clone());
         Ok(node)
     }
 
@@ -151,7 +178,12 @@ impl Host {
     }
 
     pub fn nodes(&self) -> Vec<Arc<Node>> {
-        self.nodes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn store(&self) -> &Store {
@@ -171,7 +203,12 @@ impl Host {
             NETWORK_GRAPH_PERSISTENCE_KEY,
             self.shared.graph.encode(),
         )?;
-        let scorer = self.shared.scorer.read().unwrap_or_else(|p| p.into_inner()).encode();
+        let scorer = self
+            .shared
+            .scorer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .encode();
         kv.write(
             SCORER_PERSISTENCE_PRIMARY_NAMESPACE,
             SCORER_PERSISTENCE_SECONDARY_NAMESPACE,
@@ -183,7 +220,12 @@ impl Host {
 
     /// Stops every node (each persists on its way out) and the host's own tasks.
     pub async fn shutdown(&self) {
-        let nodes: Vec<_> = self.nodes.write().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let nodes: Vec<_> = self
+            .nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         for (_, node) in nodes {
             node.shutdown().await;
         }

@@ -18,7 +18,9 @@ impl Logger for LdkLogger {
         let node = &self.node;
         let module = record.module_path;
         match record.level {
-            Level::Gossip | Level::Trace => tracing::trace!(target: "ldk", node, module, "{}", record.args),
+            Level::Gossip | Level::Trace => {
+                tracing::trace!(target: "ldk", node, module, "{}", record.args)
+            }
             Level::Debug => tracing::debug!(target: "ldk", node, module, "{}", record.args),
             Level::Info => tracing::info!(target: "ldk", node, module, "{}", record.args),
             Level::Warn => tracing::warn!(target: "ldk", node, module, "{}", record.args),

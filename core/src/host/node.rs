@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use super::error::HostError;
 use super::logger::LdkLogger;
 use super::types::{
-    ChainFilter, ChainMonitor, ChannelManager, Graph, GossipSync, Logger, OnionMessenger,
+    ChainFilter, ChainMonitor, ChannelManager, GossipSync, Graph, Logger, OnionMessenger,
     PeerManager, SharedScorer, Sweeper,
 };
 use crate::chain::{Broadcaster, ChainObserver, FeeCache, ListenerId};
@@ -75,8 +75,13 @@ pub struct Node {
 /// How an outgoing payment ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentOutcome {
-    Succeeded { preimage: [u8; 32], fee_msat: Option<u64> },
-    Failed { reason: String },
+    Succeeded {
+        preimage: [u8; 32],
+        fee_msat: Option<u64>,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// The node's chain listener: every component sees each block once, in this order.
@@ -89,12 +94,17 @@ struct NodeChain {
 
 impl Listen for NodeChain {
     fn filtered_block_connected(
-        &self, header: &bitcoin::block::Header,
-        txdata: &lightning::chain::transaction::TransactionData, height: u32,
+        &self,
+        header: &bitcoin::block::Header,
+        txdata: &lightning::chain::transaction::TransactionData,
+        height: u32,
     ) {
-        self.chain_monitor.filtered_block_connected(header, txdata, height);
-        self.channel_manager.filtered_block_connected(header, txdata, height);
-        self.sweeper.filtered_block_connected(header, txdata, height);
+        self.chain_monitor
+            .filtered_block_connected(header, txdata, height);
+        self.channel_manager
+            .filtered_block_connected(header, txdata, height);
+        self.sweeper
+            .filtered_block_connected(header, txdata, height);
         self.wallet.filtered_block_connected(header, txdata, height);
     }
 
@@ -114,12 +124,19 @@ impl Listen for NodeChain {
 }
 
 /// A monitor being caught up before the chain monitor takes it over.
-type MonitorListener =
-    (ChannelMonitor<InMemorySigner>, Arc<Broadcaster>, Arc<FeeCache>, Arc<Logger>);
+type MonitorListener = (
+    ChannelMonitor<InMemorySigner>,
+    Arc<Broadcaster>,
+    Arc<FeeCache>,
+    Arc<Logger>,
+);
 
 /// A stored value, or `None` when it was never written.
 pub(crate) fn read_optional(
-    kv: &dyn KVStoreSync, primary: &str, secondary: &str, key: &str,
+    kv: &dyn KVStoreSync,
+    primary: &str,
+    secondary: &str,
+    key: &str,
 ) -> Result<Option<Vec<u8>>, HostError> {
     match kv.read(primary, secondary, key) {
         Ok(bytes) => Ok(Some(bytes)),
@@ -129,13 +146,17 @@ pub(crate) fn read_optional(
 }
 
 fn now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Channel settings for hosted nodes: private channels between known peers.
 pub fn user_config() -> UserConfig {
     let mut config = UserConfig::default();
-    config.channel_handshake_limits.force_announced_channel_preference = false;
+    config
+        .channel_handshake_limits
+        .force_announced_channel_preference = false;
     config.channel_handshake_config.announce_for_forwarding = false;
     // Lets a test or small host open a channel and use it after a few blocks.
     config.channel_handshake_config.minimum_depth = 1;
@@ -146,7 +167,10 @@ pub fn user_config() -> UserConfig {
 impl Node {
     /// Builds a node from the store (or fresh), catches it up with the chain and starts it.
     pub(crate) async fn start(
-        alias: &str, signer: &InProcessSigner, shared: Shared, listen: SocketAddr,
+        alias: &str,
+        signer: &InProcessSigner,
+        shared: Shared,
+        listen: SocketAddr,
     ) -> Result<Arc<Node>, HostError> {
         let id = signer.node_id();
         let id_hex = id.to_string();
@@ -161,7 +185,10 @@ impl Node {
         let tip = observer.best_block().ok_or(HostError::NoChainTip)?;
         let existing = store.node(&id_hex)?;
 
-        let birthday = bdk_wallet::chain::BlockId { height: tip.height, hash: tip.block_hash };
+        let birthday = bdk_wallet::chain::BlockId {
+            height: tip.height,
+            hash: tip.block_hash,
+        };
         let wallet = Arc::new(OnchainWallet::load_or_create(
             signer.wallet_signer(),
             network,
@@ -185,7 +212,10 @@ impl Node {
             shared.scorer.clone(),
             ProbabilisticScoringFeeParameters::default(),
         ));
-        let message_router = Arc::new(DefaultMessageRouter::new(shared.graph.clone(), keys.clone()));
+        let message_router = Arc::new(DefaultMessageRouter::new(
+            shared.graph.clone(),
+            keys.clone(),
+        ));
 
         // Channel monitors first: the channel manager is read against them.
         let mut monitors: Vec<(BlockHash, ChannelMonitor<InMemorySigner>)> =
@@ -212,10 +242,10 @@ impl Node {
                     user_config(),
                     monitors.iter().map(|(_, m)| m).collect(),
                 );
-                let (best, manager) =
-                    <(BlockHash, ChannelManager)>::read(&mut &bytes[..], args).map_err(
-                        |e: DecodeError| HostError::Corrupt(format!("channel manager of {id_hex}: {e}")),
-                    )?;
+                let (best, manager) = <(BlockHash, ChannelManager)>::read(&mut &bytes[..], args)
+                    .map_err(|e: DecodeError| {
+                        HostError::Corrupt(format!("channel manager of {id_hex}: {e}"))
+                    })?;
                 (best, manager)
             }
             None => {
@@ -224,7 +254,10 @@ impl Node {
                         "{id_hex} has channel monitors but no channel manager"
                     )));
                 }
-                let params = ChainParameters { network, best_block: tip };
+                let params = ChainParameters {
+                    network,
+                    best_block: tip,
+                };
                 let manager = ChannelManager::new(
                     fees.clone(),
                     chain_monitor.clone(),
@@ -280,11 +313,19 @@ impl Node {
         // Catch every component up from its own best block, through the shared block cache.
         let monitor_listeners: Vec<(BlockHash, Arc<MonitorListener>)> = monitors
             .drain(..)
-            .map(|(best, m)| (best, Arc::new((m, broadcaster.clone(), fees.clone(), logger.clone()))))
+            .map(|(best, m)| {
+                (
+                    best,
+                    Arc::new((m, broadcaster.clone(), fees.clone(), logger.clone())),
+                )
+            })
             .collect();
         let wallet_best = wallet.best_block();
         let mut parts: Vec<(BlockHash, Arc<dyn Listen + Send + Sync>)> = vec![
-            (channel_manager.current_best_block().block_hash, channel_manager.clone()),
+            (
+                channel_manager.current_best_block().block_hash,
+                channel_manager.clone(),
+            ),
             (sweeper.current_best_block().block_hash, sweeper.clone()),
             (wallet_best.hash, wallet.clone()),
         ];
@@ -299,7 +340,9 @@ impl Node {
             match chain_monitor.load_existing_monitor(channel_id, monitor) {
                 Ok(ChannelMonitorUpdateStatus::Completed) => {}
                 other => {
-                    return Err(HostError::Corrupt(format!("loading monitor {channel_id}: {other:?}")))
+                    return Err(HostError::Corrupt(format!(
+                        "loading monitor {channel_id}: {other:?}"
+                    )))
                 }
             }
         }
@@ -332,7 +375,10 @@ impl Node {
 
         let tcp = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| HostError::Listen { addr: listen, source: e })?;
+            .map_err(|e| HostError::Listen {
+                addr: listen,
+                source: e,
+            })?;
         let listen_addr = tcp.local_addr().map_err(HostError::Io)?;
         let (stop, _) = watch::channel(false);
 
@@ -357,7 +403,12 @@ impl Node {
             payment_waiters: Mutex::new(HashMap::new()),
         });
 
-        let chain = Arc::new(NodeChain { chain_monitor, channel_manager, sweeper, wallet });
+        let chain = Arc::new(NodeChain {
+            chain_monitor,
+            channel_manager,
+            sweeper,
+            wallet,
+        });
         let listener_id = observer.join(alias.to_string(), chain, synced).await?;
         *node.listener_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener_id);
 
@@ -366,7 +417,9 @@ impl Node {
             alias: alias.to_string(),
             listen_addr: Some(listen_addr.to_string()),
             status: "running".into(),
-            created_at: existing.map(|n| n.created_at).unwrap_or(now().as_secs() as i64),
+            created_at: existing
+                .map(|n| n.created_at)
+                .unwrap_or(now().as_secs() as i64),
         })?;
 
         let tasks = vec![
@@ -389,11 +442,17 @@ impl Node {
 
     /// Stops the node: leaves the observer, drops peers, ends its tasks, persists its state.
     pub(crate) async fn shutdown(&self) {
-        if let Some(id) = self.listener_id.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(id) = self
+            .listener_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             self.shared.observer.leave(id);
         }
         let _ = self.stop.send(true);
-        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

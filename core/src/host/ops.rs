@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use bitcoin::secp256k1::PublicKey;
 use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::Address;
 use lightning::ln::channel_state::ChannelDetails;
 use lightning::ln::channelmanager::{Bolt11InvoiceParameters, PaymentId, Retry};
@@ -42,7 +42,10 @@ impl Node {
     /// Opens a private channel of `amount_sat` to a connected peer; funding happens when LDK
     /// asks for it (FundingGenerationReady), from this node's wallet.
     pub fn open_channel(
-        &self, peer: PublicKey, amount_sat: u64, push_msat: u64,
+        &self,
+        peer: PublicKey,
+        amount_sat: u64,
+        push_msat: u64,
     ) -> Result<ChannelId, HostError> {
         if amount_sat == 0 || push_msat > amount_sat.saturating_mul(1000) {
             return Err(HostError::InvalidInput(format!(
@@ -50,12 +53,23 @@ impl Node {
             )));
         }
         if !self.is_connected(&peer) {
-            return Err(HostError::InvalidInput(format!("peer {peer} is not connected")));
+            return Err(HostError::InvalidInput(format!(
+                "peer {peer} is not connected"
+            )));
         }
         let user_channel_id = u128::from_le_bytes(
-            self.keys.get_secure_random_bytes()[..16].try_into().unwrap_or([0; 16]),
+            self.keys.get_secure_random_bytes()[..16]
+                .try_into()
+                .unwrap_or([0; 16]),
         );
-        Ok(self.channel_manager.create_channel(peer, amount_sat, push_msat, user_channel_id, None, None)?)
+        Ok(self.channel_manager.create_channel(
+            peer,
+            amount_sat,
+            push_msat,
+            user_channel_id,
+            None,
+            None,
+        )?)
     }
 
     pub fn channels(&self) -> Vec<ChannelDetails> {
@@ -68,7 +82,11 @@ impl Node {
     }
 
     /// Unilateral close: broadcasts our latest commitment.
-    pub fn force_close_channel(&self, channel_id: &ChannelId, peer: &PublicKey) -> Result<(), HostError> {
+    pub fn force_close_channel(
+        &self,
+        channel_id: &ChannelId,
+        peer: &PublicKey,
+    ) -> Result<(), HostError> {
         Ok(self.channel_manager.force_close_broadcasting_latest_txn(
             channel_id,
             peer,
@@ -78,7 +96,10 @@ impl Node {
 
     /// A BOLT11 invoice for `amount_msat`; its payment is claimed automatically.
     pub fn create_invoice(
-        &self, amount_msat: u64, description: &str, expiry_secs: u32,
+        &self,
+        amount_msat: u64,
+        description: &str,
+        expiry_secs: u32,
     ) -> Result<Bolt11Invoice, HostError> {
         let description = Description::new(description.to_string())
             .map_err(|e| HostError::InvalidInput(format!("description: {e}")))?;
@@ -111,13 +132,22 @@ impl Node {
 
     /// Pays a BOLT11 invoice and waits for the outcome (bounded by `timeout`).
     pub async fn pay_invoice(
-        &self, invoice: &str, timeout: Duration,
+        &self,
+        invoice: &str,
+        timeout: Duration,
     ) -> Result<PaymentOutcome, HostError> {
-        let invoice: Bolt11Invoice =
-            invoice.trim().parse().map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
+        let invoice: Bolt11Invoice = invoice
+            .trim()
+            .parse()
+            .map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
         let hash = invoice.payment_hash().to_byte_array();
         let (tx, rx) = oneshot::channel();
-        self.payment_waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(hash).or_default().push(tx);
+        self.payment_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash)
+            .or_default()
+            .push(tx);
         let now = now();
         self.store.upsert_payment(&PaymentRow {
             node_id: self.id.to_string(),
@@ -139,7 +169,10 @@ impl Node {
             RouteParametersConfig::default(),
             Retry::Attempts(3),
         ) {
-            self.payment_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+            self.payment_waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
             let reason = format!("{e:?}");
             self.store.upsert_payment(&PaymentRow {
                 node_id: self.id.to_string(),
@@ -159,7 +192,10 @@ impl Node {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(_)) => Err(HostError::PaymentFailed("node stopped".into())),
-            Err(_) => Err(HostError::Timeout(format!("payment {}", invoice.payment_hash()))),
+            Err(_) => Err(HostError::Timeout(format!(
+                "payment {}",
+                invoice.payment_hash()
+            ))),
         }
     }
 

@@ -16,8 +16,12 @@ const PEERS_NAMESPACE: &str = "flotilla_peers";
 impl Node {
     /// Connects to a peer over TCP and remembers its address for reconnection.
     pub async fn connect(&self, peer: PublicKey, addr: SocketAddr) -> Result<(), HostError> {
-        self.kv
-            .write(PEERS_NAMESPACE, "", &peer.to_string(), addr.to_string().into_bytes())?;
+        self.kv.write(
+            PEERS_NAMESPACE,
+            "",
+            &peer.to_string(),
+            addr.to_string().into_bytes(),
+        )?;
         self.connect_once(peer, addr).await
     }
 
@@ -29,10 +33,14 @@ impl Node {
         if self.is_connected(&peer) {
             return Ok(());
         }
-        let unreachable = || HostError::PeerUnreachable { peer: peer.to_string(), addr: addr.to_string() };
-        let connection = lightning_net_tokio::connect_outbound(self.peer_manager.clone(), peer, addr)
-            .await
-            .ok_or_else(unreachable)?;
+        let unreachable = || HostError::PeerUnreachable {
+            peer: peer.to_string(),
+            addr: addr.to_string(),
+        };
+        let connection =
+            lightning_net_tokio::connect_outbound(self.peer_manager.clone(), peer, addr)
+                .await
+                .ok_or_else(unreachable)?;
         tokio::spawn(connection);
         // The handshake completes asynchronously; wait for it, bounded.
         for _ in 0..100 {
@@ -59,8 +67,12 @@ impl Node {
 
     /// Reconnects to known peers that this node has channels with but is not connected to.
     pub(crate) async fn reconnect_peers(&self) {
-        let counterparties: std::collections::HashSet<PublicKey> =
-            self.channel_manager.list_channels().iter().map(|c| c.counterparty.node_id).collect();
+        let counterparties: std::collections::HashSet<PublicKey> = self
+            .channel_manager
+            .list_channels()
+            .iter()
+            .map(|c| c.counterparty.node_id)
+            .collect();
         for (peer, addr) in self.known_peers() {
             if counterparties.contains(&peer) && !self.is_connected(&peer) {
                 if let Err(e) = self.connect_once(peer, addr).await {

@@ -20,14 +20,25 @@ pub struct InProcessSigner {
 
 impl InProcessSigner {
     pub fn from_seed(seed: &[u8; 32], network: Network) -> Result<Self, WalletError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         // The start time only salts fresh channel keys, so restarts never reuse them.
-        let keys = Arc::new(KeysManager::new(seed, now.as_secs(), now.subsec_nanos(), true));
+        let keys = Arc::new(KeysManager::new(
+            seed,
+            now.as_secs(),
+            now.subsec_nanos(),
+            true,
+        ));
         let node_id = keys
             .get_node_id(Recipient::Node)
             .map_err(|_| WalletError::Signing("node key unavailable".into()))?;
         let wallet = Arc::new(SeedWalletSigner::new(seed, network)?);
-        Ok(InProcessSigner { keys, wallet, node_id })
+        Ok(InProcessSigner {
+            keys,
+            wallet,
+            node_id,
+        })
     }
 
     pub fn node_id(&self) -> PublicKey {
