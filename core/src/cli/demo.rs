@@ -204,11 +204,7 @@ fn step(what: &str) {
 
 fn progress(done: usize, total: usize, ok: usize, failed: usize) {
     let width = 30;
-    let filled = if total == 0 {
-        width
-    } else {
-        done * width / total
-    };
+    let filled = (done * width).checked_div(total).unwrap_or(width);
     eprint!(
         "\r    [{}{}] {done}/{total} ok {ok} failed {failed}",
         "#".repeat(filled),

@@ -13,6 +13,15 @@ use lightning_rapid_gossip_sync::RapidGossipSync;
 use super::node::Node;
 use super::types::{GossipSync as P2pSync, Graph, Logger, SharedScorer, Utxos};
 
+/// Gossip is shared by the host, so no node's loop prunes or persists the graph.
+type NoGossip = GossipSync<
+    Arc<P2pSync>,
+    Arc<RapidGossipSync<Arc<Graph>, Arc<Logger>>>,
+    Arc<Graph>,
+    Utxos,
+    Arc<Logger>,
+>;
+
 pub(crate) async fn run(node: Arc<Node>) {
     let stop = node.stopped();
     let sleeper = move |d: Duration| {
@@ -34,13 +43,7 @@ pub(crate) async fn run(node: Arc<Node>) {
             })
         }
     };
-    let gossip: GossipSync<
-        Arc<P2pSync>,
-        Arc<RapidGossipSync<Arc<Graph>, Arc<Logger>>>,
-        Arc<Graph>,
-        Utxos,
-        Arc<Logger>,
-    > = GossipSync::None;
+    let gossip: NoGossip = GossipSync::None;
     let result = process_events_async_with_kv_store_sync(
         node.kv.clone(),
         handler,

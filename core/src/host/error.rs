@@ -40,10 +40,7 @@ pub enum HostError {
 
 impl From<lightning::io::Error> for HostError {
     fn from(e: lightning::io::Error) -> Self {
-        HostError::Io(std::io::Error::new(
-            std::io::ErrorKind::Other,
-            e.to_string(),
-        ))
+        HostError::Io(std::io::Error::other(e.to_string()))
     }
 }
 

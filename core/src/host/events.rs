@@ -319,9 +319,8 @@ fn resolve(node: &Node, hash: [u8; 32], outcome: PaymentOutcome) {
 pub(crate) fn refresh_channels(node: &Node) -> Result<(), HostError> {
     let node_id = node.id.to_string();
     for c in node.channel_manager.list_channels() {
-        let status = if c.is_channel_ready {
-            ChannelStatus::Open
-        } else if c.funding_txo.is_some() && c.confirmations.unwrap_or(0) > 0 {
+        let confirmed = c.funding_txo.is_some() && c.confirmations.unwrap_or(0) > 0;
+        let status = if c.is_channel_ready || confirmed {
             ChannelStatus::Open
         } else {
             ChannelStatus::Pending
