@@ -92,19 +92,15 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                 PaymentPurpose::SpontaneousPayment(p) => Some(hex(&p.0)),
             };
             let hash = hex(&payment_hash.0);
-            let existing = store.payment(&node_id, &hash, Direction::Inbound)?;
             store.upsert_payment(&PaymentRow {
-                node_id: node_id.clone(),
-                payment_hash: hash.clone(),
-                direction: Direction::Inbound,
-                status: PaymentStatus::Succeeded,
                 amount_msat: Some(amount_msat),
-                fee_msat: None,
                 preimage,
-                bolt11: existing.as_ref().and_then(|p| p.bolt11.clone()),
-                failure_reason: None,
-                created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
-                updated_at: now(),
+                ..payment_update(
+                    &node_id,
+                    &hash,
+                    Direction::Inbound,
+                    PaymentStatus::Succeeded,
+                )
             })?;
             store.insert_event(
                 &node_id,
@@ -121,19 +117,16 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             ..
         } => {
             let hash = hex(&payment_hash.0);
-            let existing = store.payment(&node_id, &hash, Direction::Outbound)?;
             store.upsert_payment(&PaymentRow {
-                node_id: node_id.clone(),
-                payment_hash: hash.clone(),
-                direction: Direction::Outbound,
-                status: PaymentStatus::Succeeded,
-                amount_msat: amount_msat.or(existing.as_ref().and_then(|p| p.amount_msat)),
+                amount_msat,
                 fee_msat: fee_paid_msat,
                 preimage: Some(hex(&payment_preimage.0)),
-                bolt11: existing.as_ref().and_then(|p| p.bolt11.clone()),
-                failure_reason: None,
-                created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
-                updated_at: now(),
+                ..payment_update(
+                    &node_id,
+                    &hash,
+                    Direction::Outbound,
+                    PaymentStatus::Succeeded,
+                )
             })?;
             store.insert_event(
                 &node_id,
@@ -158,19 +151,9 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             let reason = format!("{reason:?}");
             if let Some(payment_hash) = payment_hash {
                 let hash = hex(&payment_hash.0);
-                let existing = store.payment(&node_id, &hash, Direction::Outbound)?;
                 store.upsert_payment(&PaymentRow {
-                    node_id: node_id.clone(),
-                    payment_hash: hash.clone(),
-                    direction: Direction::Outbound,
-                    status: PaymentStatus::Failed,
-                    amount_msat: existing.as_ref().and_then(|p| p.amount_msat),
-                    fee_msat: None,
-                    preimage: None,
-                    bolt11: existing.as_ref().and_then(|p| p.bolt11.clone()),
                     failure_reason: Some(reason.clone()),
-                    created_at: existing.map(|p| p.created_at).unwrap_or_else(now),
-                    updated_at: now(),
+                    ..payment_update(&node_id, &hash, Direction::Outbound, PaymentStatus::Failed)
                 })?;
                 store.insert_event(
                     &node_id,
@@ -296,6 +279,29 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+/// A payment row carrying only what one update knows; the store keeps every value it already
+/// has (amount, invoice, first-seen time) and never moves a finished payment back.
+pub(crate) fn payment_update(
+    node_id: &str,
+    hash: &str,
+    direction: Direction,
+    status: PaymentStatus,
+) -> PaymentRow {
+    PaymentRow {
+        node_id: node_id.to_string(),
+        payment_hash: hash.to_string(),
+        direction,
+        status,
+        amount_msat: None,
+        fee_msat: None,
+        preimage: None,
+        bolt11: None,
+        failure_reason: None,
+        created_at: now(),
+        updated_at: now(),
+    }
 }
 
 fn rand_u128(node: &Node) -> u128 {

@@ -14,6 +14,7 @@ use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
 use tokio::sync::oneshot;
 
 use super::error::HostError;
+use super::events::payment_update;
 use super::node::{Node, PaymentOutcome};
 use crate::store::{Direction, PaymentRow, PaymentStatus};
 
@@ -113,19 +114,15 @@ impl Node {
             .channel_manager
             .create_bolt11_invoice(params)
             .map_err(|e| HostError::Lightning(format!("invoice: {e:?}")))?;
-        let now = now();
         self.store.upsert_payment(&PaymentRow {
-            node_id: self.id.to_string(),
-            payment_hash: invoice.payment_hash().to_string(),
-            direction: Direction::Inbound,
-            status: PaymentStatus::Pending,
             amount_msat: Some(amount_msat),
-            fee_msat: None,
-            preimage: None,
             bolt11: Some(invoice.to_string()),
-            failure_reason: None,
-            created_at: now,
-            updated_at: now,
+            ..payment_update(
+                &self.id.to_string(),
+                &invoice.payment_hash().to_string(),
+                Direction::Inbound,
+                PaymentStatus::Pending,
+            )
         })?;
         Ok(invoice)
     }
@@ -148,20 +145,17 @@ impl Node {
             .entry(hash)
             .or_default()
             .push(tx);
-        let now = now();
-        self.store.upsert_payment(&PaymentRow {
-            node_id: self.id.to_string(),
-            payment_hash: invoice.payment_hash().to_string(),
-            direction: Direction::Outbound,
-            status: PaymentStatus::Pending,
+        let pending = PaymentRow {
             amount_msat: invoice.amount_milli_satoshis(),
-            fee_msat: None,
-            preimage: None,
             bolt11: Some(invoice.to_string()),
-            failure_reason: None,
-            created_at: now,
-            updated_at: now,
-        })?;
+            ..payment_update(
+                &self.id.to_string(),
+                &invoice.payment_hash().to_string(),
+                Direction::Outbound,
+                PaymentStatus::Pending,
+            )
+        };
+        self.store.upsert_payment(&pending)?;
         if let Err(e) = self.channel_manager.pay_for_bolt11_invoice(
             &invoice,
             PaymentId(hash),
@@ -175,17 +169,9 @@ impl Node {
                 .remove(&hash);
             let reason = format!("{e:?}");
             self.store.upsert_payment(&PaymentRow {
-                node_id: self.id.to_string(),
-                payment_hash: invoice.payment_hash().to_string(),
-                direction: Direction::Outbound,
                 status: PaymentStatus::Failed,
-                amount_msat: invoice.amount_milli_satoshis(),
-                fee_msat: None,
-                preimage: None,
-                bolt11: Some(invoice.to_string()),
                 failure_reason: Some(reason.clone()),
-                created_at: now,
-                updated_at: now,
+                ..pending
             })?;
             return Err(HostError::PaymentFailed(reason));
         }
@@ -207,11 +193,4 @@ impl Node {
             .map(|b| b.claimable_amount_satoshis())
             .sum()
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
