@@ -301,5 +301,4 @@ async fn hosts_open_pay_restart_and_close() {
     a.stop().await;
     b.stop().await;
     chain.stop().await.unwrap();
-    let _ = a0;
 }

@@ -1,13 +1,13 @@
 //! One fee estimator for every node of a host, refreshed once per new block.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use lightning::chain::chaininterface::{
     ConfirmationTarget, FeeEstimator, FEERATE_FLOOR_SATS_PER_KW,
 };
 use serde::Deserialize;
 
-use super::rpc::RpcClient;
+use super::rpc::{RpcClient, RpcError};
 
 /// Estimates in sat per 1000 weight units, read lock-free by thousands of nodes.
 pub struct FeeCache {
@@ -17,6 +17,9 @@ pub struct FeeCache {
     normal: AtomicU32,
     /// Background spends (sweeps of our own outputs, minimums).
     background: AtomicU32,
+    /// Set once the chain node answers "method not found" (btcd), so each block does not pay
+    /// for three failing calls.
+    no_smart_fee: AtomicBool,
 }
 
 /// Used when the chain node has no estimate (regtest, btcd without history): 2, 1 and 0.25 sat/vB.
@@ -30,6 +33,7 @@ impl Default for FeeCache {
             urgent: AtomicU32::new(FALLBACK_URGENT),
             normal: AtomicU32::new(FALLBACK_NORMAL),
             background: AtomicU32::new(FALLBACK_BACKGROUND),
+            no_smart_fee: AtomicBool::new(false),
         }
     }
 }
@@ -48,15 +52,9 @@ impl FeeCache {
             (&self.normal, 6, FALLBACK_NORMAL),
             (&self.background, 144, FALLBACK_BACKGROUND),
         ] {
-            let btc_per_kvb = match rpc
-                .call::<SmartFee>("estimatesmartfee", serde_json::json!([blocks]))
-                .await
-            {
-                Ok(SmartFee {
-                    feerate: Some(rate),
-                }) => Some(rate),
-                Ok(_) => None,
-                Err(_) => rpc
+            let btc_per_kvb = match self.smart_fee(rpc, blocks).await {
+                Some(rate) => rate,
+                None => rpc
                     .call::<f64>("estimatefee", serde_json::json!([blocks]))
                     .await
                     .ok(),
@@ -71,7 +69,32 @@ impl FeeCache {
             );
         }
     }
+
+    /// `Some(estimate)` from `estimatesmartfee` (the estimate itself may be absent), or `None`
+    /// when the chain node cannot answer it.
+    async fn smart_fee(&self, rpc: &RpcClient, blocks: u16) -> Option<Option<f64>> {
+        if self.no_smart_fee.load(Ordering::Relaxed) {
+            return None;
+        }
+        match rpc
+            .call::<SmartFee>("estimatesmartfee", serde_json::json!([blocks]))
+            .await
+        {
+            Ok(fee) => Some(fee.feerate),
+            Err(RpcError::Rpc {
+                code: METHOD_NOT_FOUND,
+                ..
+            }) => {
+                self.no_smart_fee.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
+
+/// JSON-RPC's code for an unknown method.
+const METHOD_NOT_FOUND: i64 = -32601;
 
 impl FeeEstimator for FeeCache {
     fn get_est_sat_per_1000_weight(&self, target: ConfirmationTarget) -> u32 {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,7 +43,6 @@ pub struct ObserverStats {
     pub tip_height: u32,
     pub blocks_connected: u64,
     pub blocks_disconnected: u64,
-    pub blocks_fetched: u64,
     pub block_deliveries: u64,
     pub getblock_calls: u64,
     pub getblockheader_calls: u64,
@@ -144,7 +143,6 @@ pub struct ChainObserver {
     fanout: Arc<Fanout>,
     commands: mpsc::UnboundedSender<Command>,
     next_id: AtomicU64,
-    tip_height: Arc<AtomicU32>,
 }
 
 /// A node's registration; dropping it does not leave, call [`ChainObserver::leave`].
@@ -178,7 +176,6 @@ impl ChainObserver {
         *fanout.best.write().unwrap_or_else(|p| p.into_inner()) =
             Some(BestBlock::new(tip.header.block_hash(), tip.height));
         let (tx, rx) = mpsc::unbounded_channel();
-        let tip_height = Arc::new(AtomicU32::new(tip.height));
         let observer = Arc::new(ChainObserver {
             source: source.clone(),
             fees: fees.clone(),
@@ -187,18 +184,8 @@ impl ChainObserver {
             fanout: fanout.clone(),
             commands: tx,
             next_id: AtomicU64::new(1),
-            tip_height: tip_height.clone(),
         });
-        tokio::spawn(run(
-            source,
-            fees,
-            fanout,
-            network,
-            tip,
-            rx,
-            poll_interval,
-            tip_height,
-        ));
+        tokio::spawn(run(source, fees, fanout, network, tip, rx, poll_interval));
         Ok(observer)
     }
 
@@ -208,10 +195,6 @@ impl ChainObserver {
 
     pub fn broadcaster(&self) -> Arc<Broadcaster> {
         self.broadcaster.clone()
-    }
-
-    pub fn source(&self) -> Arc<RpcBlockSource> {
-        self.source.clone()
     }
 
     pub fn network(&self) -> Network {
@@ -268,10 +251,9 @@ impl ChainObserver {
     pub fn stats(&self) -> ObserverStats {
         let rpc = self.source.rpc();
         ObserverStats {
-            tip_height: self.tip_height.load(Ordering::Relaxed),
+            tip_height: self.best_block().map(|b| b.height).unwrap_or(0),
             blocks_connected: self.fanout.connected.load(Ordering::Relaxed),
             blocks_disconnected: self.fanout.disconnected.load(Ordering::Relaxed),
-            blocks_fetched: self.source.blocks_fetched(),
             block_deliveries: self.fanout.deliveries.load(Ordering::Relaxed),
             getblock_calls: rpc.call_count("getblock"),
             getblockheader_calls: rpc.call_count("getblockheader"),
@@ -281,24 +263,6 @@ impl ChainObserver {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .len(),
-        }
-    }
-
-    /// Waits until the observer has connected the chain node's current tip (tests, demo).
-    pub async fn wait_for_tip(&self, timeout: Duration) -> Result<u32, ChainError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let best = self.source.best_block_hash().await?;
-            if self.best_block().map(|b| b.block_hash) == Some(best) {
-                return Ok(self.tip_height.load(Ordering::Relaxed));
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(ChainError::Sync {
-                    node: "observer".into(),
-                    reason: "tip not reached in time".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -329,7 +293,6 @@ async fn first_tip(source: &Arc<RpcBlockSource>) -> Result<ValidatedBlockHeader,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
     source: Arc<RpcBlockSource>,
     fees: Arc<FeeCache>,
@@ -338,7 +301,6 @@ async fn run(
     mut tip: ValidatedBlockHeader,
     mut commands: mpsc::UnboundedReceiver<Command>,
     poll_interval: Duration,
-    tip_height: Arc<AtomicU32>,
 ) {
     let mut cache = HeaderCache::new(2016);
     cache.block_connected(tip.header.block_hash(), tip);
@@ -382,7 +344,6 @@ async fn run(
                             let best = fanout.best.read().unwrap_or_else(|p| p.into_inner()).map(|b| b.block_hash);
                             if let Some(header) = best.and_then(|h| cache.look_up(&h).copied()) {
                                 tip = header;
-                                tip_height.store(tip.height, Ordering::Relaxed);
                             }
                             fees.refresh(source.rpc()).await;
                         }

@@ -1,7 +1,6 @@
 //! `BlockSource` over JSON-RPC in bitcoind's dialect, tolerant of btcd, with a bounded block
 //! cache so that each block is fetched from the chain node once however many nodes need it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bitcoin::block::{Header, Version};
@@ -25,7 +24,6 @@ pub struct RpcBlockSource {
     rpc: RpcClient,
     blocks: Lru<BlockHash, Arc<Block>>,
     headers: Lru<BlockHash, BlockHeaderData>,
-    blocks_fetched: AtomicU64,
 }
 
 /// The fields of bitcoind's verbose `getblockheader` that btcd also sends (btcd lacks `chainwork`).
@@ -50,17 +48,11 @@ impl RpcBlockSource {
             rpc,
             blocks: Lru::new(BLOCK_CACHE),
             headers: Lru::new(HEADER_CACHE),
-            blocks_fetched: AtomicU64::new(0),
         }
     }
 
     pub fn rpc(&self) -> &RpcClient {
         &self.rpc
-    }
-
-    /// Blocks downloaded from the chain node (cache misses).
-    pub fn blocks_fetched(&self) -> u64 {
-        self.blocks_fetched.load(Ordering::Relaxed)
     }
 
     /// The block with this hash, from the cache or fetched once.
@@ -82,7 +74,6 @@ impl RpcBlockSource {
                 reason: "wrong block".into(),
             });
         }
-        self.blocks_fetched.fetch_add(1, Ordering::Relaxed);
         let block = Arc::new(block);
         self.blocks.insert(*hash, block.clone());
         Ok(block)
@@ -157,19 +148,27 @@ fn header_from_verbose(v: VerboseHeader) -> Result<BlockHeaderData, String> {
                 .map_err(|_| "chainwork too long".to_string())?;
             Work::from_be_bytes(arr)
         }
-        None => {
-            let mut total = header.work();
-            for _ in 0..v.height {
-                total = total + header.work();
-            }
-            total
-        }
+        None => times(header.work(), v.height + 1),
     };
     Ok(BlockHeaderData {
         header,
         height: v.height,
         chainwork,
     })
+}
+
+/// `work * n` by doubling (Work has addition only): log2(n) additions, not n.
+fn times(work: Work, mut n: u32) -> Work {
+    let mut total = Work::from_be_bytes([0; 32]);
+    let mut power = work;
+    while n > 0 {
+        if n & 1 == 1 {
+            total = total + power;
+        }
+        power = power + power;
+        n >>= 1;
+    }
+    total
 }
 
 fn to_source_error(e: RpcError) -> BlockSourceError {
@@ -228,5 +227,17 @@ mod tests {
         let data = header_from_verbose(v).unwrap();
         assert_eq!(data.header, genesis.header);
         assert_eq!(data.chainwork, genesis.header.work());
+    }
+
+    #[test]
+    fn times_matches_repeated_addition() {
+        let work = bitcoin::blockdata::constants::genesis_block(bitcoin::Network::Regtest)
+            .header
+            .work();
+        let mut sum = work;
+        for n in 2..=300u32 {
+            sum = sum + work;
+            assert_eq!(times(work, n), sum, "n = {n}");
+        }
     }
 }

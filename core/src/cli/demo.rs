@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bitcoin::hashes::Hash;
 use bitcoin::Amount;
 use clap::Args;
 use serde::Serialize;
@@ -184,8 +185,6 @@ pub async fn run(args: DemoArgs) -> CliResult {
     }
     Ok(())
 }
-
-use bitcoin::hashes::Hash;
 
 fn rand_seed() -> [u8; 32] {
     use bitcoin::secp256k1::rand::RngCore;

@@ -101,7 +101,7 @@ pub async fn run(args: HostArgs) -> CliResult {
     }
     let mut stdout = tokio::io::stdout();
     stdout
-        .write_all(format!("{}\n", info(&by_alias)).as_bytes())
+        .write_all(format!("{}\n", json!({"ok": info(&by_alias)})).as_bytes())
         .await?;
     stdout.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -128,7 +128,7 @@ fn info(nodes: &HashMap<String, Arc<Node>>) -> Value {
         .iter()
         .map(|(alias, n)| json!({"alias": alias, "node_id": n.id.to_string(), "addr": n.listen_addr().to_string()}))
         .collect();
-    json!({"ok": {"nodes": nodes}})
+    json!({"nodes": nodes})
 }
 
 fn pubkey(s: &str) -> Result<PublicKey, HostError> {
@@ -150,7 +150,7 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
             .ok_or_else(|| HostError::UnknownNode(alias.to_string()))
     };
     Ok(match request {
-        Request::Info => info(nodes)["ok"].clone(),
+        Request::Info => info(nodes),
         Request::Address { node } => json!(get(&node)?.new_address()?.to_string()),
         Request::Balance { node } => {
             let n = get(&node)?;
@@ -220,7 +220,7 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
         }
         Request::Payments { node } => {
             let n = get(&node)?;
-            json!(n.store.payments(&n.id.to_string())?)
+            json!(n.store().payments(&n.id.to_string())?)
         }
     })
 }

@@ -23,7 +23,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Handles one event. An error makes LDK replay the event later, so every step is idempotent.
 pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
     let node_id = node.id.to_string();
-    let store = &node.store;
+    let store = node.store();
     match event {
         Event::FundingGenerationReady {
             temporary_channel_id,
@@ -64,15 +64,11 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
         Event::PaymentClaimable {
             payment_hash,
             purpose,
-            amount_msat,
             ..
-        } => {
-            match purpose.preimage() {
-                Some(preimage) => node.channel_manager.claim_funds(preimage),
-                None => node.channel_manager.fail_htlc_backwards(&payment_hash),
-            }
-            let _ = amount_msat;
-        }
+        } => match purpose.preimage() {
+            Some(preimage) => node.channel_manager.claim_funds(preimage),
+            None => node.channel_manager.fail_htlc_backwards(&payment_hash),
+        },
         Event::PaymentClaimed {
             payment_hash,
             purpose,
@@ -221,27 +217,23 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
         } => {
             let id = channel_id.to_string();
             let reason = format!("{reason}");
-            let mut row = store
-                .channels(&node_id)?
-                .into_iter()
-                .find(|c| c.channel_id == id)
-                .unwrap_or_else(|| ChannelRow {
-                    node_id: node_id.clone(),
-                    channel_id: id.clone(),
-                    user_channel_id: user_channel_id.to_string(),
-                    counterparty_node_id: counterparty_node_id
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                    funding_txid: channel_funding_txo.map(|o| o.txid.to_string()),
-                    funding_vout: channel_funding_txo.map(|o| o.index as u32),
-                    capacity_sat: channel_capacity_sats.unwrap_or(0),
-                    local_balance_msat: 0,
-                    short_channel_id: None,
-                    status: ChannelStatus::Closed,
-                    close_reason: None,
-                    is_outbound: false,
-                    updated_at: now(),
-                });
+            let mut row = store.channel(&node_id, &id)?.unwrap_or_else(|| ChannelRow {
+                node_id: node_id.clone(),
+                channel_id: id.clone(),
+                user_channel_id: user_channel_id.to_string(),
+                counterparty_node_id: counterparty_node_id
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                funding_txid: channel_funding_txo.map(|o| o.txid.to_string()),
+                funding_vout: channel_funding_txo.map(|o| o.index as u32),
+                capacity_sat: channel_capacity_sats.unwrap_or(0),
+                local_balance_msat: 0,
+                short_channel_id: None,
+                status: ChannelStatus::Closed,
+                close_reason: None,
+                is_outbound: false,
+                updated_at: now(),
+            });
             row.status = ChannelStatus::Closed;
             row.close_reason = Some(reason.clone());
             row.updated_at = now();
@@ -268,7 +260,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             node.channel_manager.accept_inbound_channel(
                 &temporary_channel_id,
                 &counterparty_node_id,
-                rand_u128(node),
+                node.fresh_user_channel_id(),
                 None,
             )?;
         }
@@ -281,33 +273,14 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
     Ok(())
 }
 
-/// A payment row carrying only what one update knows; the store keeps every value it already
-/// has (amount, invoice, first-seen time) and never moves a finished payment back.
+/// A payment update from this node's event, now; see [`PaymentRow::update`].
 pub(crate) fn payment_update(
     node_id: &str,
     hash: &str,
     direction: Direction,
     status: PaymentStatus,
 ) -> PaymentRow {
-    PaymentRow {
-        node_id: node_id.to_string(),
-        payment_hash: hash.to_string(),
-        direction,
-        status,
-        amount_msat: None,
-        fee_msat: None,
-        preimage: None,
-        bolt11: None,
-        failure_reason: None,
-        created_at: now(),
-        updated_at: now(),
-    }
-}
-
-fn rand_u128(node: &Node) -> u128 {
-    use lightning::sign::EntropySource;
-    let bytes = node.keys.get_secure_random_bytes();
-    u128::from_le_bytes(bytes[..16].try_into().unwrap_or([0; 16]))
+    PaymentRow::update(node_id, hash, direction, status, now())
 }
 
 fn resolve(node: &Node, hash: [u8; 32], outcome: PaymentOutcome) {
@@ -332,7 +305,7 @@ pub(crate) fn refresh_channels(node: &Node) -> Result<(), HostError> {
             ChannelStatus::Pending
         };
         let reserve = c.unspendable_punishment_reserve.unwrap_or(0) * 1000;
-        node.store.upsert_channel(&ChannelRow {
+        node.store().upsert_channel(&ChannelRow {
             node_id: node_id.clone(),
             channel_id: c.channel_id.to_string(),
             user_channel_id: c.user_channel_id.to_string(),

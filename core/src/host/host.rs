@@ -134,16 +134,13 @@ impl Host {
             return Err(HostError::AlreadyRunning(id.to_string()));
         }
         // Come back on the same port so peers' stored addresses stay valid.
-        let previous = self.shared.store.node(&id.to_string())?;
-        let mut listen = SocketAddr::new(self.config.listen_ip, 0);
-        if let Some(addr) = previous
+        let listen = self
+            .shared
+            .store
+            .node(&id.to_string())?
             .and_then(|n| n.listen_addr)
             .and_then(|a| a.parse::<SocketAddr>().ok())
-        {
-            if std::net::TcpListener::bind(addr).is_ok() {
-                listen = addr;
-            }
-        }
+            .unwrap_or(SocketAddr::new(self.config.listen_ip, 0));
         let node = Node::start(alias, signer, self.shared.clone(), listen).await?;
         self.nodes
             .write()

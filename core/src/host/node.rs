@@ -61,13 +61,14 @@ pub struct Node {
     pub sweeper: Arc<Sweeper>,
     pub(crate) keys: Arc<KeysManager>,
     pub(crate) kv: Arc<KvStore>,
-    pub(crate) store: Store,
     pub(crate) shared: Shared,
     pub(crate) logger: Arc<Logger>,
     listen_addr: SocketAddr,
     listener_id: Mutex<Option<ListenerId>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Peers' last known addresses, for reconnection (kept in memory, written through to `kv`).
+    pub(crate) address_book: Mutex<HashMap<PublicKey, SocketAddr>>,
     /// Callers of `pay_invoice` waiting for their payment's outcome, by payment hash.
     pub(crate) payment_waiters: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<PaymentOutcome>>>>,
 }
@@ -183,7 +184,6 @@ impl Node {
         let fees = observer.fee_estimator();
         let broadcaster = observer.broadcaster();
         let tip = observer.best_block().ok_or(HostError::NoChainTip)?;
-        let existing = store.node(&id_hex)?;
 
         let birthday = bdk_wallet::chain::BlockId {
             height: tip.height,
@@ -227,7 +227,7 @@ impl Node {
             CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
             CHANNEL_MANAGER_PERSISTENCE_KEY,
         )?;
-        let (manager_best, channel_manager) = match manager_bytes {
+        let channel_manager = match manager_bytes {
             Some(bytes) => {
                 let args = ChannelManagerReadArgs::new(
                     keys.clone(),
@@ -242,11 +242,11 @@ impl Node {
                     user_config(),
                     monitors.iter().map(|(_, m)| m).collect(),
                 );
-                let (best, manager) = <(BlockHash, ChannelManager)>::read(&mut &bytes[..], args)
+                let (_, manager) = <(BlockHash, ChannelManager)>::read(&mut &bytes[..], args)
                     .map_err(|e: DecodeError| {
                         HostError::Corrupt(format!("channel manager of {id_hex}: {e}"))
                     })?;
-                (best, manager)
+                manager
             }
             None => {
                 if !monitors.is_empty() {
@@ -258,7 +258,7 @@ impl Node {
                     network,
                     best_block: tip,
                 };
-                let manager = ChannelManager::new(
+                ChannelManager::new(
                     fees.clone(),
                     chain_monitor.clone(),
                     broadcaster.clone(),
@@ -271,8 +271,7 @@ impl Node {
                     user_config(),
                     params,
                     now().as_secs() as u32,
-                );
-                (tip.block_hash, manager)
+                )
             }
         };
         let channel_manager = Arc::new(channel_manager);
@@ -299,7 +298,7 @@ impl Node {
                 sweeper
             }
             None => Sweeper::new(
-                BestBlock::new(manager_best, channel_manager.current_best_block().height),
+                channel_manager.current_best_block(),
                 broadcaster.clone(),
                 fees.clone(),
                 None,
@@ -373,15 +372,26 @@ impl Node {
             keys.clone(),
         ));
 
-        let tcp = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| HostError::Listen {
-                addr: listen,
-                source: e,
-            })?;
+        // The preferred port (the one peers stored last time), else any free one.
+        let tcp = match tokio::net::TcpListener::bind(listen).await {
+            Ok(tcp) => tcp,
+            Err(_) if listen.port() != 0 => {
+                let any = SocketAddr::new(listen.ip(), 0);
+                tokio::net::TcpListener::bind(any)
+                    .await
+                    .map_err(|source| HostError::Listen { addr: any, source })?
+            }
+            Err(source) => {
+                return Err(HostError::Listen {
+                    addr: listen,
+                    source,
+                })
+            }
+        };
         let listen_addr = tcp.local_addr().map_err(HostError::Io)?;
         let (stop, _) = watch::channel(false);
 
+        let address_book = super::peers::load_address_book(&*kv);
         let node = Arc::new(Node {
             id,
             alias: alias.to_string(),
@@ -393,7 +403,6 @@ impl Node {
             sweeper: sweeper.clone(),
             keys,
             kv,
-            store: store.clone(),
             shared: shared.clone(),
             logger,
             listen_addr,
@@ -401,6 +410,7 @@ impl Node {
             stop,
             tasks: Mutex::new(Vec::new()),
             payment_waiters: Mutex::new(HashMap::new()),
+            address_book: Mutex::new(address_book),
         });
 
         let chain = Arc::new(NodeChain {
@@ -417,9 +427,8 @@ impl Node {
             alias: alias.to_string(),
             listen_addr: Some(listen_addr.to_string()),
             status: "running".into(),
-            created_at: existing
-                .map(|n| n.created_at)
-                .unwrap_or(now().as_secs() as i64),
+            // The store keeps the first insert's time on a restart.
+            created_at: now().as_secs() as i64,
         })?;
 
         let tasks = vec![
@@ -429,6 +438,18 @@ impl Node {
         *node.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         super::events::refresh_channels(&node)?;
         Ok(node)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// A random `user_channel_id` for a channel this node opens or accepts.
+    pub(crate) fn fresh_user_channel_id(&self) -> u128 {
+        let bytes = self.keys.get_secure_random_bytes();
+        let mut half = [0u8; 16];
+        half.copy_from_slice(&bytes[..16]);
+        u128::from_le_bytes(half)
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

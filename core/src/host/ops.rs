@@ -9,7 +9,6 @@ use lightning::ln::channel_state::ChannelDetails;
 use lightning::ln::channelmanager::{Bolt11InvoiceParameters, PaymentId, Retry};
 use lightning::ln::types::ChannelId;
 use lightning::routing::router::RouteParametersConfig;
-use lightning::sign::EntropySource;
 use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
 use tokio::sync::oneshot;
 
@@ -58,16 +57,11 @@ impl Node {
                 "peer {peer} is not connected"
             )));
         }
-        let user_channel_id = u128::from_le_bytes(
-            self.keys.get_secure_random_bytes()[..16]
-                .try_into()
-                .unwrap_or([0; 16]),
-        );
         Ok(self.channel_manager.create_channel(
             peer,
             amount_sat,
             push_msat,
-            user_channel_id,
+            self.fresh_user_channel_id(),
             None,
             None,
         )?)
@@ -114,7 +108,7 @@ impl Node {
             .channel_manager
             .create_bolt11_invoice(params)
             .map_err(|e| HostError::Lightning(format!("invoice: {e:?}")))?;
-        self.store.upsert_payment(&PaymentRow {
+        self.store().upsert_payment(&PaymentRow {
             amount_msat: Some(amount_msat),
             bolt11: Some(invoice.to_string()),
             ..payment_update(
@@ -155,7 +149,7 @@ impl Node {
                 PaymentStatus::Pending,
             )
         };
-        self.store.upsert_payment(&pending)?;
+        self.store().upsert_payment(&pending)?;
         if let Err(e) = self.channel_manager.pay_for_bolt11_invoice(
             &invoice,
             PaymentId(hash),
@@ -168,7 +162,7 @@ impl Node {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&hash);
             let reason = format!("{e:?}");
-            self.store.upsert_payment(&PaymentRow {
+            self.store().upsert_payment(&PaymentRow {
                 status: PaymentStatus::Failed,
                 failure_reason: Some(reason.clone()),
                 ..pending

@@ -1,6 +1,7 @@
 //! Peer connections out of a node, and the address book that lets them come back after a
 //! restart or a dropped connection.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,10 @@ impl Node {
             &peer.to_string(),
             addr.to_string().into_bytes(),
         )?;
+        self.address_book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, addr);
         self.connect_once(peer, addr).await
     }
 
@@ -54,15 +59,8 @@ impl Node {
 
     /// Known peers with their last address.
     pub fn known_peers(&self) -> Vec<(PublicKey, SocketAddr)> {
-        let keys = self.kv.list(PEERS_NAMESPACE, "").unwrap_or_default();
-        keys.into_iter()
-            .filter_map(|k| {
-                let peer: PublicKey = k.parse().ok()?;
-                let addr = self.kv.read(PEERS_NAMESPACE, "", &k).ok()?;
-                let addr: SocketAddr = String::from_utf8(addr).ok()?.parse().ok()?;
-                Some((peer, addr))
-            })
-            .collect()
+        let book = self.address_book.lock().unwrap_or_else(|p| p.into_inner());
+        book.iter().map(|(peer, addr)| (*peer, *addr)).collect()
     }
 
     /// Reconnects to known peers that this node has channels with but is not connected to.
@@ -83,12 +81,28 @@ impl Node {
     }
 }
 
+/// Reads a node's address book once, at start; [`Node::connect`] keeps it and the store in step.
+pub(crate) fn load_address_book(kv: &dyn KVStoreSync) -> HashMap<PublicKey, SocketAddr> {
+    let keys = kv.list(PEERS_NAMESPACE, "").unwrap_or_default();
+    keys.into_iter()
+        .filter_map(|k| {
+            let peer: PublicKey = k.parse().ok()?;
+            let addr = kv.read(PEERS_NAMESPACE, "", &k).ok()?;
+            let addr: SocketAddr = String::from_utf8(addr).ok()?.parse().ok()?;
+            Some((peer, addr))
+        })
+        .collect()
+}
+
 /// One loop for the whole host (not a timer per node) that restores dropped peer connections.
+/// Each round tries every node at once, so one unreachable peer does not hold up the others.
 pub(crate) async fn reconnect_loop(nodes: impl Fn() -> Vec<Arc<Node>>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
+        let mut round = tokio::task::JoinSet::new();
         for node in nodes() {
-            node.reconnect_peers().await;
+            round.spawn(async move { node.reconnect_peers().await });
         }
+        while round.join_next().await.is_some() {}
     }
 }

@@ -1,17 +1,17 @@
 //! LDK's key-value store on the `kv` table, one scope per node.
 //!
 //! Every write and remove is committed (and, with `synchronous=FULL`, on disk) before the call
-//! returns, including through the async [`KVStore`] interface: LDK treats a returned write of
-//! a `ChannelMonitor` update as durable. Removes are never deferred, whatever `lazy` says.
+//! returns: LDK treats a returned write of a `ChannelMonitor` update as durable. Where LDK wants
+//! the async [`lightning::util::persist::KVStore`], wrap it in LDK's `KVStoreSyncWrapper`, which
+//! performs the write before it hands back the future.
+//! Removes are never deferred, whatever `lazy` says.
 
 use std::fmt;
 use std::sync::Arc;
 
 use lightning::io;
-use lightning::util::async_poll::AsyncResult;
 use lightning::util::persist::{
-    KVStore, KVStoreSync, MigratableKVStore, KVSTORE_NAMESPACE_KEY_ALPHABET,
-    KVSTORE_NAMESPACE_KEY_MAX_LEN,
+    KVStoreSync, MigratableKVStore, KVSTORE_NAMESPACE_KEY_ALPHABET, KVSTORE_NAMESPACE_KEY_MAX_LEN,
 };
 use rusqlite::OptionalExtension;
 
@@ -151,51 +151,6 @@ impl KVStoreSync for KvStore {
                 Ok(keys.collect::<Result<_, _>>()?)
             })
             .map_err(to_io)
-    }
-}
-
-/// Runs each call to completion before returning the future, so a write is committed by the
-/// time LDK holds the future, and writes to one key keep their call order.
-impl KVStore for KvStore {
-    fn read(
-        &self,
-        primary_namespace: &str,
-        secondary_namespace: &str,
-        key: &str,
-    ) -> AsyncResult<'static, Vec<u8>, io::Error> {
-        let result = KVStoreSync::read(self, primary_namespace, secondary_namespace, key);
-        Box::pin(async move { result })
-    }
-
-    fn write(
-        &self,
-        primary_namespace: &str,
-        secondary_namespace: &str,
-        key: &str,
-        buf: Vec<u8>,
-    ) -> AsyncResult<'static, (), io::Error> {
-        let result = KVStoreSync::write(self, primary_namespace, secondary_namespace, key, buf);
-        Box::pin(async move { result })
-    }
-
-    fn remove(
-        &self,
-        primary_namespace: &str,
-        secondary_namespace: &str,
-        key: &str,
-        lazy: bool,
-    ) -> AsyncResult<'static, (), io::Error> {
-        let result = KVStoreSync::remove(self, primary_namespace, secondary_namespace, key, lazy);
-        Box::pin(async move { result })
-    }
-
-    fn list(
-        &self,
-        primary_namespace: &str,
-        secondary_namespace: &str,
-    ) -> AsyncResult<'static, Vec<String>, io::Error> {
-        let result = KVStoreSync::list(self, primary_namespace, secondary_namespace);
-        Box::pin(async move { result })
     }
 }
 

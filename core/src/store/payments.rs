@@ -148,19 +148,13 @@ mod tests {
     use super::*;
 
     fn row(status: PaymentStatus, at: i64) -> PaymentRow {
-        PaymentRow {
-            node_id: "02".repeat(33),
-            payment_hash: "11".repeat(32),
-            direction: Direction::Outbound,
+        PaymentRow::update(
+            &"02".repeat(33),
+            &"11".repeat(32),
+            Direction::Outbound,
             status,
-            amount_msat: None,
-            fee_msat: None,
-            preimage: None,
-            bolt11: None,
-            failure_reason: None,
-            created_at: at,
-            updated_at: at,
-        }
+            at,
+        )
     }
 
     #[test]

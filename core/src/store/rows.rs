@@ -61,6 +61,33 @@ pub struct PaymentRow {
     pub updated_at: i64,
 }
 
+impl PaymentRow {
+    /// A row carrying only what one update knows (every optional field empty), stamped `at`.
+    /// [`super::Store::upsert_payment`] keeps what the stored row already has, so callers fill
+    /// in just the fields their event brings.
+    pub fn update(
+        node_id: &str,
+        payment_hash: &str,
+        direction: Direction,
+        status: PaymentStatus,
+        at: i64,
+    ) -> PaymentRow {
+        PaymentRow {
+            node_id: node_id.to_string(),
+            payment_hash: payment_hash.to_string(),
+            direction,
+            status,
+            amount_msat: None,
+            fee_msat: None,
+            preimage: None,
+            bolt11: None,
+            failure_reason: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
 /// One entry of a node's event log; `id` increases and is never reused, so a reader resumes
 /// with `events(node, last_seen_id, ..)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

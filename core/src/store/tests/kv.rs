@@ -160,11 +160,12 @@ fn scopes_isolate_nodes() {
 }
 
 #[test]
-fn async_write_is_committed_before_the_call_returns() {
+fn async_wrapper_write_is_committed_before_the_call_returns() {
     let dir = TempDir::new();
     let store = open(&dir);
     let kv = store.kv(&node_id(2));
     let other_handle = store.kv(&node_id(2));
+    let kv = persist::KVStoreSyncWrapper(&kv);
 
     let pending = persist::KVStore::write(&kv, "monitors", "", "chan", b"state".to_vec());
     assert_eq!(
