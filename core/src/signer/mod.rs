@@ -2,5 +2,7 @@
 
 pub mod config;
 pub mod in_process;
+pub mod link;
+pub mod protocol;
 pub mod seed;
 pub mod wallet_keys;

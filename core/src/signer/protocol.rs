@@ -1,0 +1,269 @@
+//! What the host asks of a node's signer and what it answers, as Rust values.
+//!
+//! One vocabulary for both transports: the in-process signer (tests and benchmark baseline)
+//! answers these values directly; the gRPC transport (`wire.rs`) carries them, LDK structures in
+//! LDK's own serialization. The host never sees a secret it did not ask for by name (the
+//! handover's symmetric keys); everything else it receives is a signature or a public value.
+
+use bitcoin::secp256k1::ecdsa::{RecoverableSignature, Signature};
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Psbt, ScriptBuf, Transaction, TxOut};
+use lightning::ln::chan_utils::{
+    ChannelPublicKeys, ChannelTransactionParameters, CommitmentTransaction, HTLCOutputInCommitment,
+    HolderCommitmentTransaction,
+};
+use lightning::sign::{HTLCDescriptor, SpendableOutputDescriptor};
+use lightning::types::payment::PaymentPreimage;
+
+/// Identifies one channel's keys (LDK's `channel_keys_id`): the signer re-derives the keys
+/// from its seed and this id exactly as LDK's `KeysManager` does.
+pub type KeysId = [u8; 32];
+
+/// A channel's public keys, handed over before the channel needs them (LDK asks for them
+/// synchronously).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelKeySet {
+    pub keys_id: KeysId,
+    pub pubkeys: ChannelPublicKeys,
+}
+
+/// What a signer hands the host once, when it first attaches for a node. The host persists
+/// it, so the node can be rebuilt (parked) before its signer is back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub node_id: PublicKey,
+    /// LDK's inbound-payment key material (`ExpandedKey` is built from it).
+    pub inbound_payment_key: [u8; 32],
+    pub peer_storage_key: [u8; 32],
+    pub receive_auth_key: [u8; 32],
+    /// Public (xpub) descriptors of the on-chain wallet: external, internal.
+    pub wallet_descriptors: (String, String),
+    /// Where the signer wants swept and closed funds to go: a script of its own wallet.
+    pub shutdown_script: ScriptBuf,
+}
+
+impl std::fmt::Debug for Handover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handover")
+            .field("node_id", &self.node_id)
+            .field("wallet_descriptors", &self.wallet_descriptors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The closing transaction's parts (LDK's `ClosingTransaction` is rebuilt from them and the
+/// funding outpoint in the channel parameters, so the signer checks what it signs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosingParts {
+    pub to_holder_sat: u64,
+    pub to_counterparty_sat: u64,
+    pub to_holder_script: ScriptBuf,
+    pub to_counterparty_script: ScriptBuf,
+}
+
+/// One request from the host to a node's signer.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Fresh channel key sets for the host's pool.
+    NewChannelKeys {
+        count: u32,
+    },
+    /// Per-commitment points `first`, `first - 1`, …, `count` of them (public values).
+    PerCommitmentPoints {
+        keys_id: KeysId,
+        first: u64,
+        count: u32,
+    },
+    ReleaseCommitmentSecret {
+        keys_id: KeysId,
+        idx: u64,
+    },
+    ValidateHolderCommitment {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        tx: HolderCommitmentTransaction,
+        outbound_preimages: Vec<PaymentPreimage>,
+    },
+    ValidateCounterpartyRevocation {
+        keys_id: KeysId,
+        idx: u64,
+        secret: [u8; 32],
+    },
+    SignCounterpartyCommitment {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        tx: CommitmentTransaction,
+        inbound_preimages: Vec<PaymentPreimage>,
+        outbound_preimages: Vec<PaymentPreimage>,
+    },
+    SignHolderCommitment {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        tx: HolderCommitmentTransaction,
+    },
+    SignJusticeRevokedOutput {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        tx: Transaction,
+        input: u32,
+        amount: u64,
+        per_commitment_key: [u8; 32],
+    },
+    SignJusticeRevokedHtlc {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        tx: Transaction,
+        input: u32,
+        amount: u64,
+        per_commitment_key: [u8; 32],
+        htlc: HTLCOutputInCommitment,
+    },
+    SignHolderHtlcTransaction {
+        keys_id: KeysId,
+        tx: Transaction,
+        input: u32,
+        descriptor: HTLCDescriptor,
+    },
+    SignCounterpartyHtlcTransaction {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        tx: Transaction,
+        input: u32,
+        amount: u64,
+        per_commitment_point: PublicKey,
+        htlc: HTLCOutputInCommitment,
+    },
+    SignClosingTransaction {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        closing: ClosingParts,
+    },
+    SignHolderAnchorInput {
+        keys_id: KeysId,
+        params: ChannelTransactionParameters,
+        tx: Transaction,
+        input: u32,
+    },
+    /// ECDH with the node key, optionally tweaked (handshakes, onions).
+    Ecdh {
+        other_key: PublicKey,
+        tweak: Option<[u8; 32]>,
+    },
+    /// A BOLT11 invoice: the signer hashes `hrp` and `data` (5-bit values) itself.
+    SignInvoice {
+        hrp: String,
+        data: Vec<u8>,
+    },
+    /// An unsigned gossip message in LDK's serialization, with its message type.
+    SignGossip {
+        msg_type: u16,
+        msg: Vec<u8>,
+    },
+    SignMessage {
+        msg: Vec<u8>,
+    },
+    /// Spend outputs LDK handed to the node (sweeps).
+    SpendOutputs {
+        descriptors: Vec<SpendableOutputDescriptor>,
+        outputs: Vec<TxOut>,
+        change_script: ScriptBuf,
+        feerate_sat_per_1000_weight: u32,
+        locktime: Option<u32>,
+    },
+    /// Sign the on-chain wallet's inputs of a PSBT (funding and wallet sends).
+    SignPsbt {
+        psbt: Psbt,
+    },
+    /// Asked before an outgoing payment is sent; the signer may refuse (limits, approval hook).
+    ApprovePayment {
+        payment_hash: [u8; 32],
+        amount_msat: u64,
+        destination: PublicKey,
+    },
+    /// Asked before a channel is opened with `peer`.
+    ApproveChannelOpen {
+        peer: PublicKey,
+        value_sat: u64,
+    },
+}
+
+/// A signer's answer to a [`Request`] of the same kind.
+#[derive(Clone, Debug)]
+pub enum Response {
+    ChannelKeys(Vec<ChannelKeySet>),
+    Points(Vec<PublicKey>),
+    Secret([u8; 32]),
+    /// The request was checked and accepted (validations, approvals).
+    Accepted,
+    CommitmentSignatures {
+        commitment: Signature,
+        htlcs: Vec<Signature>,
+    },
+    Signature(Signature),
+    SharedSecret([u8; 32]),
+    RecoverableSignature(RecoverableSignature),
+    Message(String),
+    Transaction(Transaction),
+    Psbt(Psbt),
+}
+
+/// Why a signer did not answer a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignerError {
+    /// The signer's policy forbids it; the reason is logged on both sides.
+    #[error("refused by the signer's policy: {0}")]
+    Refused(String),
+    /// The request could not be understood or checked (bad data from the host).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// No signer is attached for this node (parked), or it went away mid-request.
+    #[error("the node's signer is not connected")]
+    Unavailable,
+    /// The signer did not answer within the deadline.
+    #[error("the signer did not answer in time")]
+    Timeout,
+}
+
+impl Request {
+    /// A short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::NewChannelKeys { .. } => "new_channel_keys",
+            Request::PerCommitmentPoints { .. } => "per_commitment_points",
+            Request::ReleaseCommitmentSecret { .. } => "release_commitment_secret",
+            Request::ValidateHolderCommitment { .. } => "validate_holder_commitment",
+            Request::ValidateCounterpartyRevocation { .. } => "validate_counterparty_revocation",
+            Request::SignCounterpartyCommitment { .. } => "sign_counterparty_commitment",
+            Request::SignHolderCommitment { .. } => "sign_holder_commitment",
+            Request::SignJusticeRevokedOutput { .. } => "sign_justice_revoked_output",
+            Request::SignJusticeRevokedHtlc { .. } => "sign_justice_revoked_htlc",
+            Request::SignHolderHtlcTransaction { .. } => "sign_holder_htlc_transaction",
+            Request::SignCounterpartyHtlcTransaction { .. } => "sign_counterparty_htlc_transaction",
+            Request::SignClosingTransaction { .. } => "sign_closing_transaction",
+            Request::SignHolderAnchorInput { .. } => "sign_holder_anchor_input",
+            Request::Ecdh { .. } => "ecdh",
+            Request::SignInvoice { .. } => "sign_invoice",
+            Request::SignGossip { .. } => "sign_gossip",
+            Request::SignMessage { .. } => "sign_message",
+            Request::SpendOutputs { .. } => "spend_outputs",
+            Request::SignPsbt { .. } => "sign_psbt",
+            Request::ApprovePayment { .. } => "approve_payment",
+            Request::ApproveChannelOpen { .. } => "approve_channel_open",
+        }
+    }
+}
+
+/// Domain prefix of the hub's attach challenge, so a signature made for it can never be
+/// replayed as any other message the node key signs.
+pub const CHALLENGE_TAG: &[u8] = b"flotilla/signer-attach/v1";
+
+/// Answers requests for one node: the signer side of either transport.
+pub trait Handler: Send + Sync {
+    fn node_id(&self) -> PublicKey;
+    /// Public data and the symmetric keys the host needs before any request (sent once per attach).
+    fn handover(&self) -> Handover;
+    /// Signs `sha256(CHALLENGE_TAG || challenge)` with the node key: proves the signer holds it.
+    fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature;
+    /// Answers one request. Requests of one channel arrive in the order the host sent them.
+    fn handle(&self, request: Request) -> Result<Response, SignerError>;
+}
