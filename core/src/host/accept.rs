@@ -14,6 +14,10 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             _ = stopped.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // A parked node (signer away) takes no peers: it could not sign for them.
+                    if !node.link.is_attached() {
+                        continue;
+                    }
                     let Ok(stream) = stream.into_std() else { continue };
                     let pm = node.peer_manager.clone();
                     tokio::spawn(lightning_net_tokio::setup_inbound(pm, stream));

@@ -36,6 +36,14 @@ pub enum HostError {
     PaymentFailed(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error(transparent)]
+    Keys(#[from] crate::signer::node_proxy::KeysError),
+    #[error(transparent)]
+    Signer(#[from] crate::signer::protocol::SignerError),
+    #[error("node {0}'s signer has never attached, so the node cannot be built yet")]
+    SignerNeverAttached(String),
+    #[error("the signer handed over node id {got}, but this node is {expected}")]
+    SignerMismatch { expected: String, got: String },
 }
 
 impl From<lightning::io::Error> for HostError {

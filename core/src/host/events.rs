@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::error::HostError;
 use super::node::{Node, PaymentOutcome};
+use crate::signer::protocol::Request;
 use crate::store::{ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus};
 
 fn now() -> i64 {
@@ -254,15 +255,33 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
         Event::OpenChannelRequest {
             temporary_channel_id,
             counterparty_node_id,
+            funding_satoshis,
             ..
         } => {
-            // Only raised with manual acceptance, which hosted nodes do not enable; accept anyway.
-            node.channel_manager.accept_inbound_channel(
-                &temporary_channel_id,
-                &counterparty_node_id,
-                node.fresh_user_channel_id(),
-                None,
-            )?;
+            // The signer decides which peers may open channels to this node.
+            let approval = node
+                .link
+                .call(Request::ApproveChannelOpen {
+                    peer: counterparty_node_id,
+                    value_sat: funding_satoshis,
+                })
+                .await;
+            match approval {
+                Ok(_) => node.channel_manager.accept_inbound_channel(
+                    &temporary_channel_id,
+                    &counterparty_node_id,
+                    node.fresh_user_channel_id(),
+                    None,
+                )?,
+                Err(e) => {
+                    tracing::warn!(node = %node.alias, peer = %counterparty_node_id, error = %e, "inbound channel refused");
+                    node.channel_manager.force_close_broadcasting_latest_txn(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        format!("channel refused: {e}"),
+                    )?;
+                }
+            }
         }
         Event::PaymentPathFailed { .. } | Event::PaymentPathSuccessful { .. } => {}
         Event::PaymentForwarded { .. } | Event::HTLCHandlingFailed { .. } => {}

@@ -23,7 +23,7 @@ use super::logger::LdkLogger;
 use super::node::{read_optional, Node, Shared};
 use super::types::{Graph, Scorer};
 use crate::chain::{ChainObserver, RpcConfig};
-use crate::signer::in_process::InProcessSigner;
+use crate::signer::link::SignerLink;
 use crate::store::{Store, HOST_SCOPE};
 
 /// How to run a host.
@@ -37,6 +37,8 @@ pub struct HostConfig {
     pub poll_interval: Duration,
     /// Address nodes listen on (one port each).
     pub listen_ip: IpAddr,
+    /// How long a new node waits for its signer's first attach.
+    pub signer_wait: Duration,
 }
 
 impl HostConfig {
@@ -47,6 +49,7 @@ impl HostConfig {
             network: Network::Regtest,
             poll_interval: Duration::from_millis(250),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            signer_wait: Duration::from_secs(60),
         }
     }
 }
@@ -119,12 +122,8 @@ impl Host {
     }
 
     /// Starts a node with its signer: a new one, or one the store already knows (restart).
-    pub async fn add_node(
-        &self,
-        alias: &str,
-        signer: &InProcessSigner,
-    ) -> Result<Arc<Node>, HostError> {
-        let id = signer.node_id();
+    pub async fn add_node(&self, alias: &str, link: SignerLink) -> Result<Arc<Node>, HostError> {
+        let id = link.node_id();
         if self
             .nodes
             .read()
@@ -141,7 +140,9 @@ impl Host {
             .and_then(|n| n.listen_addr)
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .unwrap_or(SocketAddr::new(self.config.listen_ip, 0));
-        let node = Node::start(alias, signer, self.shared.clone(), listen).await?;
+        let kv = self.shared.store.kv(&id.to_string());
+        let handover = super::handover::obtain(&kv, &link, self.config.signer_wait).await?;
+        let node = Node::start(alias, link, handover, self.shared.clone(), listen).await?;
         self.nodes
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -4,11 +4,13 @@ mod accept;
 mod background;
 pub mod error;
 mod events;
+mod handover;
 #[allow(clippy::module_inception)]
 mod host;
 pub mod logger;
 pub mod node;
 mod ops;
+mod parking;
 mod peers;
 pub mod types;
 

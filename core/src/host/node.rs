@@ -16,7 +16,7 @@ use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
 use lightning::onion_message::messenger::DefaultMessageRouter;
 use lightning::routing::router::DefaultRouter;
 use lightning::routing::scoring::ProbabilisticScoringFeeParameters;
-use lightning::sign::{EntropySource, InMemorySigner, KeysManager, NodeSigner};
+use lightning::sign::{EntropySource, NodeSigner};
 use lightning::util::config::UserConfig;
 use lightning::util::persist::{
     read_channel_monitors, KVStoreSync, CHANNEL_MANAGER_PERSISTENCE_KEY,
@@ -31,11 +31,15 @@ use tokio::task::JoinHandle;
 use super::error::HostError;
 use super::logger::LdkLogger;
 use super::types::{
-    ChainFilter, ChainMonitor, ChannelManager, GossipSync, Graph, Logger, OnionMessenger,
+    ChainFilter, ChainMonitor, ChannelManager, GossipSync, Graph, Keys, Logger, OnionMessenger,
     PeerManager, SharedScorer, Sweeper,
 };
 use crate::chain::{Broadcaster, ChainObserver, FeeCache, ListenerId};
-use crate::signer::in_process::InProcessSigner;
+use crate::signer::channel_proxy::RemoteChannelSigner;
+use crate::signer::link::SignerLink;
+use crate::signer::node_proxy::{RemoteKeys, RemoteWalletSigner};
+use crate::signer::pending::{Pending, Retry};
+use crate::signer::protocol::Handover;
 use crate::store::{KvStore, NodeRow, Store};
 use crate::wallet::OnchainWallet;
 
@@ -59,7 +63,9 @@ pub struct Node {
     pub onion_messenger: Arc<OnionMessenger>,
     pub wallet: Arc<OnchainWallet>,
     pub sweeper: Arc<Sweeper>,
-    pub(crate) keys: Arc<KeysManager>,
+    pub(crate) keys: Keys,
+    /// The node's signer: every signature, and whether it is attached.
+    pub(crate) link: SignerLink,
     pub(crate) kv: Arc<KvStore>,
     pub(crate) shared: Shared,
     pub(crate) logger: Arc<Logger>,
@@ -126,7 +132,7 @@ impl Listen for NodeChain {
 
 /// A monitor being caught up before the chain monitor takes it over.
 type MonitorListener = (
-    ChannelMonitor<InMemorySigner>,
+    ChannelMonitor<RemoteChannelSigner>,
     Arc<Broadcaster>,
     Arc<FeeCache>,
     Arc<Logger>,
@@ -162,6 +168,8 @@ pub fn user_config() -> UserConfig {
     // Lets a test or small host open a channel and use it after a few blocks.
     config.channel_handshake_config.minimum_depth = 1;
     config.channel_handshake_limits.max_minimum_depth = 6;
+    // Inbound opens are put to the signer's policy first (see events.rs).
+    config.manually_accept_inbound_channels = true;
     config
 }
 
@@ -169,17 +177,28 @@ impl Node {
     /// Builds a node from the store (or fresh), catches it up with the chain and starts it.
     pub(crate) async fn start(
         alias: &str,
-        signer: &InProcessSigner,
+        link: SignerLink,
+        handover: Handover,
         shared: Shared,
         listen: SocketAddr,
     ) -> Result<Arc<Node>, HostError> {
-        let id = signer.node_id();
+        let id = handover.node_id;
         let id_hex = id.to_string();
         let store = shared.store.clone();
         let observer = shared.observer.clone();
         let network = observer.network();
-        let keys = signer.keys();
         let kv = Arc::new(store.kv(&id_hex));
+        let pending = Pending::new(link.clone(), tokio::runtime::Handle::current());
+        let keys: Keys = Arc::new(RemoteKeys::load(
+            handover.clone(),
+            pending.clone(),
+            kv.clone() as Arc<dyn KVStoreSync + Send + Sync>,
+        )?);
+        if link.is_attached() {
+            if let Err(e) = keys.fill_pool().await {
+                tracing::warn!(node = %id, error = %e, "could not fill the channel key pool yet");
+            }
+        }
         let logger = Arc::new(LdkLogger::new(format!("{alias}:{}", &id_hex[..8])));
         let fees = observer.fee_estimator();
         let broadcaster = observer.broadcaster();
@@ -190,7 +209,7 @@ impl Node {
             hash: tip.block_hash,
         };
         let wallet = Arc::new(OnchainWallet::load_or_create(
-            signer.wallet_signer(),
+            Arc::new(RemoteWalletSigner::new(link.clone(), &handover)),
             network,
             kv.clone() as Arc<dyn KVStoreSync + Send + Sync>,
             birthday,
@@ -218,7 +237,7 @@ impl Node {
         ));
 
         // Channel monitors first: the channel manager is read against them.
-        let mut monitors: Vec<(BlockHash, ChannelMonitor<InMemorySigner>)> =
+        let mut monitors: Vec<(BlockHash, ChannelMonitor<RemoteChannelSigner>)> =
             read_channel_monitors(kv.clone(), keys.clone(), keys.clone())
                 .map_err(|e| HostError::Corrupt(format!("channel monitors of {id_hex}: {e}")))?;
         let manager_bytes = read_optional(
@@ -402,6 +421,7 @@ impl Node {
             wallet: wallet.clone(),
             sweeper: sweeper.clone(),
             keys,
+            link,
             kv,
             shared: shared.clone(),
             logger,
@@ -412,6 +432,24 @@ impl Node {
             payment_waiters: Mutex::new(HashMap::new()),
             address_book: Mutex::new(address_book),
         });
+
+        // Answers that arrive after LDK heard "pending" make it retry.
+        let (weak_manager, weak_monitor) = (
+            Arc::downgrade(&node.channel_manager),
+            Arc::downgrade(&node.chain_monitor),
+        );
+        pending.set_unblock(Box::new(move |retry| match retry {
+            Retry::Channels => {
+                if let Some(manager) = weak_manager.upgrade() {
+                    manager.signer_unblocked(None);
+                }
+            }
+            Retry::Monitors => {
+                if let Some(monitor) = weak_monitor.upgrade() {
+                    monitor.signer_unblocked(None);
+                }
+            }
+        }));
 
         let chain = Arc::new(NodeChain {
             chain_monitor,
@@ -434,6 +472,7 @@ impl Node {
         let tasks = vec![
             tokio::spawn(super::accept::accept_loop(node.clone(), tcp)),
             tokio::spawn(super::background::run(node.clone())),
+            tokio::spawn(super::parking::watch_signer(node.clone(), pending)),
         ];
         *node.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         super::events::refresh_channels(&node)?;

@@ -15,6 +15,8 @@ use tokio::sync::oneshot;
 use super::error::HostError;
 use super::events::payment_update;
 use super::node::{Node, PaymentOutcome};
+use crate::signer::link::SYNC_DEADLINE;
+use crate::signer::protocol::Request;
 use crate::store::{Direction, PaymentRow, PaymentStatus};
 
 /// On-chain balance of a node's wallet, in satoshis.
@@ -57,6 +59,13 @@ impl Node {
                 "peer {peer} is not connected"
             )));
         }
+        self.link.call_blocking(
+            Request::ApproveChannelOpen {
+                peer,
+                value_sat: amount_sat,
+            },
+            SYNC_DEADLINE,
+        )?;
         Ok(self.channel_manager.create_channel(
             peer,
             amount_sat,
@@ -132,6 +141,15 @@ impl Node {
             .parse()
             .map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
         let hash = invoice.payment_hash().to_byte_array();
+        // The signer's policy (limits, approval hook) decides before any HTLC exists, so a
+        // refusal leaves nothing to unwind.
+        self.link
+            .call(Request::ApprovePayment {
+                payment_hash: hash,
+                amount_msat: invoice.amount_milli_satoshis().unwrap_or(0),
+                destination: invoice.get_payee_pub_key(),
+            })
+            .await?;
         let (tx, rx) = oneshot::channel();
         self.payment_waiters
             .lock()

@@ -11,6 +11,7 @@ use lightning::util::persist::KVStoreSync;
 
 use super::error::HostError;
 use super::node::Node;
+use crate::signer::protocol::SignerError;
 
 const PEERS_NAMESPACE: &str = "flotilla_peers";
 
@@ -37,6 +38,9 @@ impl Node {
     async fn connect_once(&self, peer: PublicKey, addr: SocketAddr) -> Result<(), HostError> {
         if self.is_connected(&peer) {
             return Ok(());
+        }
+        if !self.link.is_attached() {
+            return Err(SignerError::Unavailable.into());
         }
         let unreachable = || HostError::PeerUnreachable {
             peer: peer.to_string(),

@@ -3,20 +3,24 @@
 use std::sync::{Arc, RwLock};
 
 use lightning::chain::Filter;
-use lightning::ln::channelmanager::SimpleArcChannelManager;
-use lightning::ln::peer_handler::SimpleArcPeerManager;
-use lightning::onion_message::messenger::SimpleArcOnionMessenger;
+use lightning::ln::peer_handler::IgnoringMessageHandler;
+use lightning::onion_message::messenger::DefaultMessageRouter;
 use lightning::routing::gossip::{NetworkGraph, P2PGossipSync};
-use lightning::routing::scoring::ProbabilisticScorer;
+use lightning::routing::router::DefaultRouter;
+use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringFeeParameters};
 use lightning::routing::utxo::UtxoLookup;
-use lightning::sign::{InMemorySigner, KeysManager};
 use lightning::util::sweep::OutputSweeperSync;
 use lightning_net_tokio::SocketDescriptor;
 
 use super::logger::LdkLogger;
 use crate::chain::{Broadcaster, FeeCache};
+use crate::signer::channel_proxy::RemoteChannelSigner;
+use crate::signer::node_proxy::RemoteKeys;
 use crate::store::KvStore;
 use crate::wallet::OnchainWallet;
+
+/// Every key-related LDK interface of a node: the proxy to its signer.
+pub type Keys = Arc<RemoteKeys>;
 
 pub type Logger = LdkLogger;
 pub type Graph = NetworkGraph<Arc<Logger>>;
@@ -26,25 +30,54 @@ pub type ChainFilter = dyn Filter + Send + Sync;
 pub type Utxos = Arc<dyn UtxoLookup + Send + Sync>;
 pub type GossipSync = P2PGossipSync<Arc<Graph>, Utxos, Arc<Logger>>;
 pub type ChainMonitor = lightning::chain::chainmonitor::ChainMonitor<
-    InMemorySigner,
+    RemoteChannelSigner,
     Arc<ChainFilter>,
     Arc<Broadcaster>,
     Arc<FeeCache>,
     Arc<Logger>,
     Arc<KvStore>,
-    Arc<KeysManager>,
+    Keys,
 >;
-pub type ChannelManager = SimpleArcChannelManager<ChainMonitor, Broadcaster, FeeCache, Logger>;
-pub type OnionMessenger = SimpleArcOnionMessenger<ChainMonitor, Broadcaster, FeeCache, Logger>;
-pub type PeerManager = SimpleArcPeerManager<
+pub type Router = DefaultRouter<
+    Arc<Graph>,
+    Arc<Logger>,
+    Keys,
+    SharedScorer,
+    ProbabilisticScoringFeeParameters,
+    Scorer,
+>;
+pub type MessageRouter = DefaultMessageRouter<Arc<Graph>, Arc<Logger>, Keys>;
+pub type ChannelManager = lightning::ln::channelmanager::ChannelManager<
+    Arc<ChainMonitor>,
+    Arc<Broadcaster>,
+    Keys,
+    Keys,
+    Keys,
+    Arc<FeeCache>,
+    Arc<Router>,
+    Arc<MessageRouter>,
+    Arc<Logger>,
+>;
+pub type OnionMessenger = lightning::onion_message::messenger::OnionMessenger<
+    Keys,
+    Keys,
+    Arc<Logger>,
+    Arc<ChannelManager>,
+    Arc<MessageRouter>,
+    Arc<ChannelManager>,
+    Arc<ChannelManager>,
+    IgnoringMessageHandler,
+    IgnoringMessageHandler,
+>;
+pub type PeerManager = lightning::ln::peer_handler::PeerManager<
     SocketDescriptor,
-    ChainMonitor,
-    Broadcaster,
-    FeeCache,
-    Utxos,
-    Logger,
-    ChainFilter,
-    KvStore,
+    Arc<ChannelManager>,
+    Arc<GossipSync>,
+    Arc<OnionMessenger>,
+    Arc<Logger>,
+    IgnoringMessageHandler,
+    Keys,
+    Arc<ChainMonitor>,
 >;
 pub type Sweeper = OutputSweeperSync<
     Arc<Broadcaster>,
@@ -53,5 +86,5 @@ pub type Sweeper = OutputSweeperSync<
     Arc<ChainFilter>,
     Arc<KvStore>,
     Arc<Logger>,
-    Arc<KeysManager>,
+    Keys,
 >;

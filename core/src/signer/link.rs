@@ -13,7 +13,7 @@ use bitcoin::secp256k1::PublicKey;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{oneshot, watch};
 
-use super::protocol::{Handler, Request, Response, SignerError};
+use super::protocol::{Handler, Handover, Request, Response, SignerError};
 
 /// Called once with the signer's answer (possibly on another thread).
 pub type Reply = Box<dyn FnOnce(Result<Response, SignerError>) + Send>;
@@ -25,6 +25,8 @@ pub trait Transport: Send + Sync {
     fn send(&self, request: Request, reply: Reply);
     /// Whether a signer is attached now, and changes to it.
     fn attached(&self) -> watch::Receiver<bool>;
+    /// What the signer handed over when it last attached, if it ever did.
+    fn handover(&self) -> Option<Handover>;
 }
 
 /// How long a synchronous call waits for the signer before failing.
@@ -59,6 +61,10 @@ impl SignerLink {
 
     pub fn attached(&self) -> watch::Receiver<bool> {
         self.transport.attached()
+    }
+
+    pub fn handover(&self) -> Option<Handover> {
+        self.transport.handover()
     }
 
     pub fn is_attached(&self) -> bool {
@@ -113,6 +119,10 @@ impl SignerLink {
                 let _ = tx.try_send(result);
             }),
         );
+        // The in-process signer has answered already: no need to hand the worker away.
+        if let Ok(result) = rx.try_recv() {
+            return result;
+        }
         let wait = move || match rx.recv_timeout(deadline) {
             Ok(result) => result,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(SignerError::Timeout),
@@ -147,5 +157,9 @@ impl Transport for InProcess {
 
     fn attached(&self) -> watch::Receiver<bool> {
         self.attached.subscribe()
+    }
+
+    fn handover(&self) -> Option<Handover> {
+        Some(self.handler.handover())
     }
 }

@@ -1,8 +1,11 @@
 //! Signing: the one interface through which nodes reach key material.
 
+pub mod channel_proxy;
 pub mod config;
 pub mod in_process;
 pub mod link;
+pub mod node_proxy;
+pub mod pending;
 pub mod protocol;
 pub mod seed;
 pub mod wallet_keys;

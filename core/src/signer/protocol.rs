@@ -78,9 +78,9 @@ pub enum Request {
         keys_id: KeysId,
         idx: u64,
     },
+    /// LDK gives no channel parameters here: the signer knows them from earlier requests.
     ValidateHolderCommitment {
         keys_id: KeysId,
-        params: ChannelTransactionParameters,
         tx: HolderCommitmentTransaction,
         outbound_preimages: Vec<PaymentPreimage>,
     },
@@ -149,10 +149,10 @@ pub enum Request {
         other_key: PublicKey,
         tweak: Option<[u8; 32]>,
     },
-    /// A BOLT11 invoice: the signer hashes `hrp` and `data` (5-bit values) itself.
+    /// A BOLT11 invoice in bech32 with a placeholder signature: the signer parses it, checks
+    /// it, and signs the hash it computes itself.
     SignInvoice {
-        hrp: String,
-        data: Vec<u8>,
+        invoice: String,
     },
     /// An unsigned gossip message in LDK's serialization, with its message type.
     SignGossip {

@@ -1,0 +1,425 @@
+//! LDK's channel signer on the host: public keys it was handed, and every signature asked of the
+//! node's signer. Signatures LDK can wait for are asynchronous ([`Pending`]); per-commitment
+//! points, which LDK needs at once, are prefetched and kept per channel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bitcoin::secp256k1::{self, ecdsa::Signature, PublicKey, Secp256k1, SecretKey};
+use bitcoin::{Transaction, Txid};
+use lightning::ln::chan_utils::{
+    ChannelPublicKeys, ChannelTransactionParameters, ClosingTransaction, CommitmentTransaction,
+    HTLCOutputInCommitment, HolderCommitmentTransaction,
+};
+use lightning::ln::msgs::UnsignedChannelAnnouncement;
+use lightning::sign::ecdsa::EcdsaChannelSigner;
+use lightning::sign::{ChannelSigner, HTLCDescriptor};
+use lightning::types::payment::PaymentPreimage;
+
+use super::link::SYNC_DEADLINE;
+use super::pending::{Key, Pending, Retry};
+use super::protocol::{ClosingParts, KeysId, Request, Response};
+
+/// How many per-commitment points are fetched ahead of the one LDK asks for.
+const POINTS_AHEAD: u32 = 4;
+
+/// Per-commitment points of every channel of a node, by keys id then commitment number.
+#[derive(Default)]
+pub struct PointCache(Mutex<HashMap<KeysId, BTreeMap<u64, PublicKey>>>);
+
+impl PointCache {
+    fn get(&self, keys_id: &KeysId, idx: u64) -> Option<PublicKey> {
+        self.lock().get(keys_id)?.get(&idx).copied()
+    }
+
+    /// Keeps points `first`, `first-1`, …; drops those older than what LDK can still ask for
+    /// (numbers count down: older means larger).
+    fn insert(&self, keys_id: KeysId, first: u64, points: &[PublicKey]) {
+        let mut all = self.lock();
+        let channel = all.entry(keys_id).or_default();
+        for (i, point) in points.iter().enumerate() {
+            channel.insert(first.saturating_sub(i as u64), *point);
+        }
+        let keep_from = first.saturating_add(3);
+        channel.retain(|idx, _| *idx <= keep_from);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeysId, BTreeMap<u64, PublicKey>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One channel's signer, as LDK sees it on the host.
+#[derive(Clone)]
+pub struct RemoteChannelSigner {
+    keys_id: KeysId,
+    pubkeys: ChannelPublicKeys,
+    pending: Arc<Pending>,
+    points: Arc<PointCache>,
+}
+
+impl RemoteChannelSigner {
+    pub fn new(
+        keys_id: KeysId,
+        pubkeys: ChannelPublicKeys,
+        pending: Arc<Pending>,
+        points: Arc<PointCache>,
+    ) -> Self {
+        RemoteChannelSigner {
+            keys_id,
+            pubkeys,
+            pending,
+            points,
+        }
+    }
+
+    fn key(&self, kind: &str, parts: &[&[u8]]) -> Key {
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(&self.keys_id);
+        all.extend_from_slice(parts);
+        Key::of(kind, &all)
+    }
+
+    fn signature(&self, key: Key, retry: Retry, request: Request) -> Result<Signature, ()> {
+        match self.pending.sign(key, retry, request)? {
+            Response::Signature(sig) => Ok(sig),
+            other => unexpected(other),
+        }
+    }
+
+    /// Fetches points `first`, `first-1`, … in the background.
+    fn prefetch(&self, first: u64) {
+        let points = self.points.clone();
+        let keys_id = self.keys_id;
+        self.pending.link().send(
+            Request::PerCommitmentPoints {
+                keys_id,
+                first,
+                count: POINTS_AHEAD,
+            },
+            Box::new(move |answer| {
+                if let Ok(Response::Points(found)) = answer {
+                    points.insert(keys_id, first, &found);
+                }
+            }),
+        );
+    }
+}
+
+fn unexpected<T>(response: Response) -> Result<T, ()> {
+    tracing::error!(?response, "signer answered with the wrong kind of response");
+    Err(())
+}
+
+fn txid_bytes(txid: Txid) -> [u8; 32] {
+    use bitcoin::hashes::Hash;
+    txid.to_byte_array()
+}
+
+impl ChannelSigner for RemoteChannelSigner {
+    fn get_per_commitment_point(
+        &self,
+        idx: u64,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<PublicKey, ()> {
+        if let Some(point) = self.points.get(&self.keys_id, idx) {
+            if idx > 0 && self.points.get(&self.keys_id, idx - 1).is_none() {
+                self.prefetch(idx - 1);
+            }
+            return Ok(point);
+        }
+        // LDK needs this one now (e.g. at channel_reestablish): ask and wait.
+        let request = Request::PerCommitmentPoints {
+            keys_id: self.keys_id,
+            first: idx,
+            count: POINTS_AHEAD,
+        };
+        match self.pending.link().call_blocking(request, SYNC_DEADLINE) {
+            Ok(Response::Points(found)) if !found.is_empty() => {
+                self.points.insert(self.keys_id, idx, &found);
+                Ok(found[0])
+            }
+            Ok(other) => unexpected(other),
+            Err(e) => {
+                tracing::warn!(error = %e, idx, "per-commitment point unavailable");
+                Err(())
+            }
+        }
+    }
+
+    fn release_commitment_secret(&self, idx: u64) -> Result<[u8; 32], ()> {
+        let key = self.key("release", &[&idx.to_be_bytes()]);
+        let request = Request::ReleaseCommitmentSecret {
+            keys_id: self.keys_id,
+            idx,
+        };
+        match self.pending.sign(key, Retry::Channels, request)? {
+            Response::Secret(secret) => Ok(secret),
+            other => unexpected(other),
+        }
+    }
+
+    /// Not asynchronous in LDK: sent in order ahead of the next signing request, which the
+    /// signer refuses if this validation failed.
+    fn validate_holder_commitment(
+        &self,
+        holder_tx: &HolderCommitmentTransaction,
+        outbound_htlc_preimages: Vec<PaymentPreimage>,
+    ) -> Result<(), ()> {
+        let request = Request::ValidateHolderCommitment {
+            keys_id: self.keys_id,
+            tx: holder_tx.clone(),
+            outbound_preimages: outbound_htlc_preimages,
+        };
+        self.send_validation(request);
+        Ok(())
+    }
+
+    fn validate_counterparty_revocation(&self, idx: u64, secret: &SecretKey) -> Result<(), ()> {
+        let request = Request::ValidateCounterpartyRevocation {
+            keys_id: self.keys_id,
+            idx,
+            secret: secret.secret_bytes(),
+        };
+        self.send_validation(request);
+        Ok(())
+    }
+
+    fn pubkeys(&self, _secp: &Secp256k1<secp256k1::All>) -> ChannelPublicKeys {
+        self.pubkeys.clone()
+    }
+
+    /// Splicing is not enabled on hosted nodes, so LDK never asks for this.
+    fn new_funding_pubkey(
+        &self,
+        _splice_parent_funding_txid: Txid,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> PublicKey {
+        tracing::error!("splicing is not supported by hosted nodes");
+        self.pubkeys.funding_pubkey
+    }
+
+    fn channel_keys_id(&self) -> [u8; 32] {
+        self.keys_id
+    }
+}
+
+impl RemoteChannelSigner {
+    fn send_validation(&self, request: Request) {
+        let kind = request.kind();
+        self.pending.link().send(
+            request,
+            Box::new(move |answer| {
+                if let Err(e) = answer {
+                    tracing::warn!(kind, error = %e, "signer did not accept a validation");
+                }
+            }),
+        );
+    }
+}
+
+impl EcdsaChannelSigner for RemoteChannelSigner {
+    fn sign_counterparty_commitment(
+        &self,
+        params: &ChannelTransactionParameters,
+        commitment_tx: &CommitmentTransaction,
+        inbound_htlc_preimages: Vec<PaymentPreimage>,
+        outbound_htlc_preimages: Vec<PaymentPreimage>,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<(Signature, Vec<Signature>), ()> {
+        let txid = txid_bytes(commitment_tx.trust().txid());
+        let key = self.key("counterparty_commitment", &[&txid]);
+        let request = Request::SignCounterpartyCommitment {
+            keys_id: self.keys_id,
+            params: params.clone(),
+            tx: commitment_tx.clone(),
+            inbound_preimages: inbound_htlc_preimages,
+            outbound_preimages: outbound_htlc_preimages,
+        };
+        match self.pending.sign(key, Retry::Channels, request)? {
+            Response::CommitmentSignatures { commitment, htlcs } => Ok((commitment, htlcs)),
+            other => unexpected(other),
+        }
+    }
+
+    fn sign_holder_commitment(
+        &self,
+        params: &ChannelTransactionParameters,
+        commitment_tx: &HolderCommitmentTransaction,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        let txid = txid_bytes(commitment_tx.trust().txid());
+        let key = self.key("holder_commitment", &[&txid]);
+        let request = Request::SignHolderCommitment {
+            keys_id: self.keys_id,
+            params: params.clone(),
+            tx: commitment_tx.clone(),
+        };
+        self.signature(key, Retry::Monitors, request)
+    }
+
+    fn sign_justice_revoked_output(
+        &self,
+        params: &ChannelTransactionParameters,
+        justice_tx: &Transaction,
+        input: usize,
+        amount: u64,
+        per_commitment_key: &SecretKey,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        let input = u32::try_from(input).map_err(|_| ())?;
+        let txid = txid_bytes(justice_tx.compute_txid());
+        let key = self.key("justice_output", &[&txid, &input.to_be_bytes()]);
+        let request = Request::SignJusticeRevokedOutput {
+            keys_id: self.keys_id,
+            params: params.clone(),
+            tx: justice_tx.clone(),
+            input,
+            amount,
+            per_commitment_key: per_commitment_key.secret_bytes(),
+        };
+        self.signature(key, Retry::Monitors, request)
+    }
+
+    fn sign_justice_revoked_htlc(
+        &self,
+        params: &ChannelTransactionParameters,
+        justice_tx: &Transaction,
+        input: usize,
+        amount: u64,
+        per_commitment_key: &SecretKey,
+        htlc: &HTLCOutputInCommitment,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        let input = u32::try_from(input).map_err(|_| ())?;
+        let txid = txid_bytes(justice_tx.compute_txid());
+        let key = self.key("justice_htlc", &[&txid, &input.to_be_bytes()]);
+        let request = Request::SignJusticeRevokedHtlc {
+            keys_id: self.keys_id,
+            params: params.clone(),
+            tx: justice_tx.clone(),
+            input,
+            amount,
+            per_commitment_key: per_commitment_key.secret_bytes(),
+            htlc: htlc.clone(),
+        };
+        self.signature(key, Retry::Monitors, request)
+    }
+
+    fn sign_holder_htlc_transaction(
+        &self,
+        htlc_tx: &Transaction,
+        input: usize,
+        htlc_descriptor: &HTLCDescriptor,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        let input = u32::try_from(input).map_err(|_| ())?;
+        let txid = txid_bytes(htlc_tx.compute_txid());
+        let key = self.key("holder_htlc", &[&txid, &input.to_be_bytes()]);
+        let request = Request::SignHolderHtlcTransaction {
+            keys_id: self.keys_id,
+            tx: htlc_tx.clone(),
+            input,
+            descriptor: htlc_descriptor.clone(),
+        };
+        self.signature(key, Retry::Monitors, request)
+    }
+
+    fn sign_counterparty_htlc_transaction(
+        &self,
+        params: &ChannelTransactionParameters,
+        htlc_tx: &Transaction,
+        input: usize,
+        amount: u64,
+        per_commitment_point: &PublicKey,
+        htlc: &HTLCOutputInCommitment,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        let input = u32::try_from(input).map_err(|_| ())?;
+        let txid = txid_bytes(htlc_tx.compute_txid());
+        let key = self.key("counterparty_htlc", &[&txid, &input.to_be_bytes()]);
+        let request = Request::SignCounterpartyHtlcTransaction {
+            keys_id: self.keys_id,
+            params: params.clone(),
+            tx: htlc_tx.clone(),
+            input,
+            amount,
+            per_commitment_point: *per_commitment_point,
+            htlc: htlc.clone(),
+        };
+        self.signature(key, Retry::Monitors, request)
+    }
+
+    fn sign_closing_transaction(
+        &self,
+        params: &ChannelTransactionParameters,
+        closing_tx: &ClosingTransaction,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        let closing = ClosingParts {
+            to_holder_sat: closing_tx.to_holder_value_sat(),
+            to_counterparty_sat: closing_tx.to_counterparty_value_sat(),
+            to_holder_script: closing_tx.to_holder_script().to_owned(),
+            to_counterparty_script: closing_tx.to_counterparty_script().to_owned(),
+        };
+        let key = self.key(
+            "closing",
+            &[
+                &closing.to_holder_sat.to_be_bytes(),
+                &closing.to_counterparty_sat.to_be_bytes(),
+                closing.to_holder_script.as_bytes(),
+                closing.to_counterparty_script.as_bytes(),
+            ],
+        );
+        let request = Request::SignClosingTransaction {
+            keys_id: self.keys_id,
+            params: params.clone(),
+            closing,
+        };
+        self.signature(key, Retry::Channels, request)
+    }
+
+    fn sign_holder_keyed_anchor_input(
+        &self,
+        params: &ChannelTransactionParameters,
+        anchor_tx: &Transaction,
+        input: usize,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        let input = u32::try_from(input).map_err(|_| ())?;
+        let txid = txid_bytes(anchor_tx.compute_txid());
+        let key = self.key("anchor", &[&txid, &input.to_be_bytes()]);
+        let request = Request::SignHolderAnchorInput {
+            keys_id: self.keys_id,
+            params: params.clone(),
+            tx: anchor_tx.clone(),
+            input,
+        };
+        self.signature(key, Retry::Monitors, request)
+    }
+
+    /// Hosted channels are unannounced, so LDK never asks for this.
+    fn sign_channel_announcement_with_funding_key(
+        &self,
+        _params: &ChannelTransactionParameters,
+        _msg: &UnsignedChannelAnnouncement,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Result<Signature, ()> {
+        tracing::error!("channel announcements are not supported by hosted nodes");
+        Err(())
+    }
+
+    /// Splicing is not enabled on hosted nodes, so LDK never asks for this. The signature
+    /// returned is invalid on purpose: a transaction carrying it cannot confirm.
+    fn sign_splice_shared_input(
+        &self,
+        _params: &ChannelTransactionParameters,
+        _tx: &Transaction,
+        _input_index: usize,
+        _secp: &Secp256k1<secp256k1::All>,
+    ) -> Signature {
+        tracing::error!("splicing is not supported by hosted nodes");
+        // A constant, well-formed compact encoding (r = s = 0x0101…01, both below the order).
+        Signature::from_compact(&[1u8; 64]).expect("constant compact signature is valid")
+    }
+}

@@ -1,0 +1,479 @@
+//! LDK's node-level signing interfaces on the host, holding no private key: public data and
+//! the handed-over symmetric keys answer what LDK asks synchronously; everything else is asked
+//! of the node's signer (live, with a deadline, where LDK cannot wait).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bitcoin::absolute::LockTime;
+use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::secp256k1::ecdh::SharedSecret;
+use bitcoin::secp256k1::ecdsa::{RecoverableSignature, Signature};
+use bitcoin::secp256k1::{schnorr, All, PublicKey, Scalar, Secp256k1};
+use bitcoin::{ScriptBuf, Transaction, TxOut};
+use lightning::ln::chan_utils::ChannelPublicKeys;
+use lightning::ln::inbound_payment::ExpandedKey;
+use lightning::ln::msgs::{DecodeError, UnsignedGossipMessage};
+use lightning::ln::script::ShutdownScript;
+use lightning::offers::invoice::UnsignedBolt12Invoice;
+use lightning::sign::{
+    EntropySource, NodeSigner, OutputSpender, PeerStorageKey, ReceiveAuthKey, Recipient,
+    SignerProvider, SpendableOutputDescriptor,
+};
+use lightning::util::persist::KVStoreSync;
+use lightning::util::ser::{Readable, Writeable};
+use lightning_invoice::RawBolt11Invoice;
+
+use super::channel_proxy::{PointCache, RemoteChannelSigner};
+use super::link::{SignerLink, SYNC_DEADLINE};
+use super::pending::Pending;
+use super::protocol::{ChannelKeySet, Handover, KeysId, Request, Response, SignerError};
+use crate::wallet::{WalletError, WalletSigner};
+
+/// Key sets the host keeps unused, so opening a channel never waits for the signer.
+const POOL_TARGET: usize = 4;
+const KEYS_NAMESPACE: &str = "signer";
+const KEYS_SUB: &str = "channel_keys";
+const POOL_KEY: &str = "pool";
+
+type Kv = Arc<dyn KVStoreSync + Send + Sync>;
+
+/// One node's keys interface for LDK, backed by its signer.
+pub struct RemoteKeys {
+    handover: Handover,
+    expanded_key: ExpandedKey,
+    pending: Arc<Pending>,
+    points: Arc<PointCache>,
+    book: Arc<Mutex<KeyBook>>,
+    kv: Kv,
+    shutdown_script: ShutdownScript,
+}
+
+/// Every channel key set the signer handed over (by id), and which are still unused.
+#[derive(Default)]
+struct KeyBook {
+    known: HashMap<KeysId, ChannelPublicKeys>,
+    pool: Vec<KeysId>,
+    refilling: bool,
+}
+
+/// Why a node's keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("stored channel keys are unreadable: {0}")]
+    Corrupt(String),
+    #[error("storing channel keys failed: {0}")]
+    Store(String),
+    #[error("the signer's shutdown script is not a standard segwit script")]
+    BadShutdownScript,
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+}
+
+impl RemoteKeys {
+    /// Loads the key sets stored for this node and tops the pool up if the signer is attached.
+    pub fn load(handover: Handover, pending: Arc<Pending>, kv: Kv) -> Result<Self, KeysError> {
+        let shutdown_script = ShutdownScript::try_from(handover.shutdown_script.clone())
+            .map_err(|_| KeysError::BadShutdownScript)?;
+        let mut book = KeyBook::default();
+        for name in kv
+            .list(KEYS_NAMESPACE, KEYS_SUB)
+            .map_err(|e| KeysError::Store(e.to_string()))?
+        {
+            let bytes = kv
+                .read(KEYS_NAMESPACE, KEYS_SUB, &name)
+                .map_err(|e| KeysError::Store(e.to_string()))?;
+            if name == POOL_KEY {
+                book.pool = decode_ids(&bytes)?;
+                continue;
+            }
+            let id = <[u8; 32]>::from_hex(&name)
+                .map_err(|_| KeysError::Corrupt(format!("key name {name}")))?;
+            let pubkeys = ChannelPublicKeys::read(&mut &bytes[..])
+                .map_err(|e: DecodeError| KeysError::Corrupt(e.to_string()))?;
+            book.known.insert(id, pubkeys);
+        }
+        if let Some(missing) = book.pool.iter().find(|id| !book.known.contains_key(*id)) {
+            return Err(KeysError::Corrupt(format!(
+                "pooled key set {} has no keys",
+                hex(missing)
+            )));
+        }
+        let expanded_key = ExpandedKey::new(handover.inbound_payment_key);
+        Ok(RemoteKeys {
+            handover,
+            expanded_key,
+            pending,
+            points: Arc::new(PointCache::default()),
+            book: Arc::new(Mutex::new(book)),
+            kv,
+            shutdown_script,
+        })
+    }
+
+    pub fn node_id(&self) -> PublicKey {
+        self.handover.node_id
+    }
+
+    pub fn handover(&self) -> &Handover {
+        &self.handover
+    }
+
+    pub fn pending(&self) -> &Arc<Pending> {
+        &self.pending
+    }
+
+    /// Fetches key sets until the pool holds [`POOL_TARGET`]; waits for the answer.
+    pub async fn fill_pool(&self) -> Result<(), KeysError> {
+        let need = POOL_TARGET.saturating_sub(lock(&self.book).pool.len());
+        if need == 0 {
+            return Ok(());
+        }
+        let answer = self
+            .pending
+            .link()
+            .call(Request::NewChannelKeys { count: need as u32 })
+            .await?;
+        add_key_sets(&self.book, &self.kv, answer)
+    }
+
+    /// Asks for more key sets in the background once the pool runs low.
+    fn refill_in_background(&self) {
+        {
+            let mut book = lock(&self.book);
+            if book.refilling || book.pool.len() >= POOL_TARGET / 2 {
+                return;
+            }
+            book.refilling = true;
+        }
+        let (book, kv, node) = (self.book.clone(), self.kv.clone(), self.node_id());
+        self.pending.link().send(
+            Request::NewChannelKeys {
+                count: POOL_TARGET as u32,
+            },
+            Box::new(move |answer| {
+                let result = answer
+                    .map_err(KeysError::from)
+                    .and_then(|answer| add_key_sets(&book, &kv, answer));
+                lock(&book).refilling = false;
+                if let Err(e) = result {
+                    tracing::warn!(%node, error = %e, "channel key pool refill failed");
+                }
+            }),
+        );
+    }
+
+    fn live(&self, request: Request) -> Result<Response, ()> {
+        let kind = request.kind();
+        self.pending
+            .link()
+            .call_blocking(request, SYNC_DEADLINE)
+            .map_err(|e| tracing::warn!(node = %self.node_id(), kind, error = %e, "signer request failed"))
+    }
+}
+
+fn lock(book: &Mutex<KeyBook>) -> std::sync::MutexGuard<'_, KeyBook> {
+    book.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stores key sets the signer handed over (durable before use: a channel may be built on them
+/// right after) and adds them to the pool.
+fn add_key_sets(book: &Mutex<KeyBook>, kv: &Kv, answer: Response) -> Result<(), KeysError> {
+    let sets = match answer {
+        Response::ChannelKeys(sets) => sets,
+        other => {
+            return Err(KeysError::Signer(SignerError::Malformed(format!(
+                "expected channel keys, got {other:?}"
+            ))))
+        }
+    };
+    let mut book = lock(book);
+    for ChannelKeySet { keys_id, pubkeys } in sets {
+        kv.write(KEYS_NAMESPACE, KEYS_SUB, &hex(&keys_id), pubkeys.encode())
+            .map_err(|e| KeysError::Store(e.to_string()))?;
+        book.known.insert(keys_id, pubkeys);
+        book.pool.push(keys_id);
+    }
+    write_pool(kv, &book)
+}
+
+fn write_pool(kv: &Kv, book: &KeyBook) -> Result<(), KeysError> {
+    let bytes: Vec<u8> = book.pool.iter().flatten().copied().collect();
+    kv.write(KEYS_NAMESPACE, KEYS_SUB, POOL_KEY, bytes)
+        .map_err(|e| KeysError::Store(e.to_string()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.to_lower_hex_string()
+}
+
+fn decode_ids(bytes: &[u8]) -> Result<Vec<KeysId>, KeysError> {
+    if bytes.len() % 32 != 0 {
+        return Err(KeysError::Corrupt("pool length".into()));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut id = [0u8; 32];
+            id.copy_from_slice(c);
+            id
+        })
+        .collect())
+}
+
+/// Shared entropy for the host's own randomness (channel ids, onion session keys): not key
+/// material of any node.
+impl EntropySource for RemoteKeys {
+    fn get_secure_random_bytes(&self) -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        bitcoin::secp256k1::rand::RngCore::fill_bytes(
+            &mut bitcoin::secp256k1::rand::thread_rng(),
+            &mut bytes,
+        );
+        bytes
+    }
+}
+
+impl NodeSigner for RemoteKeys {
+    fn get_expanded_key(&self) -> ExpandedKey {
+        self.expanded_key
+    }
+
+    fn get_peer_storage_key(&self) -> PeerStorageKey {
+        PeerStorageKey {
+            inner: self.handover.peer_storage_key,
+        }
+    }
+
+    fn get_receive_auth_key(&self) -> ReceiveAuthKey {
+        ReceiveAuthKey(self.handover.receive_auth_key)
+    }
+
+    fn get_node_id(&self, recipient: Recipient) -> Result<PublicKey, ()> {
+        match recipient {
+            Recipient::Node => Ok(self.handover.node_id),
+            Recipient::PhantomNode => Err(()),
+        }
+    }
+
+    fn ecdh(
+        &self,
+        recipient: Recipient,
+        other_key: &PublicKey,
+        tweak: Option<&Scalar>,
+    ) -> Result<SharedSecret, ()> {
+        if let Recipient::PhantomNode = recipient {
+            return Err(());
+        }
+        let request = Request::Ecdh {
+            other_key: *other_key,
+            tweak: tweak.map(|t| t.to_be_bytes()),
+        };
+        match self.live(request)? {
+            Response::SharedSecret(bytes) => Ok(SharedSecret::from_bytes(bytes)),
+            _ => Err(()),
+        }
+    }
+
+    fn sign_invoice(
+        &self,
+        invoice: &RawBolt11Invoice,
+        recipient: Recipient,
+    ) -> Result<RecoverableSignature, ()> {
+        if let Recipient::PhantomNode = recipient {
+            return Err(());
+        }
+        // LDK exposes the invoice's bech32 form only when signed: a placeholder signature
+        // carries it; the signer parses it, checks what it is asked to sign, and hashes it itself.
+        let placeholder = RecoverableSignature::from_compact(
+            &[1u8; 64],
+            bitcoin::secp256k1::ecdsa::RecoveryId::from_i32(0).map_err(|_| ())?,
+        )
+        .map_err(|_| ())?;
+        let encoded = invoice
+            .clone()
+            .sign::<_, ()>(|_| Ok(placeholder))
+            .map_err(|_| ())?
+            .to_string();
+        let request = Request::SignInvoice { invoice: encoded };
+        match self.live(request)? {
+            Response::RecoverableSignature(sig) => Ok(sig),
+            _ => Err(()),
+        }
+    }
+
+    /// BOLT12 is not offered by hosted nodes yet.
+    fn sign_bolt12_invoice(
+        &self,
+        _invoice: &UnsignedBolt12Invoice,
+    ) -> Result<schnorr::Signature, ()> {
+        Err(())
+    }
+
+    fn sign_gossip_message(&self, msg: UnsignedGossipMessage) -> Result<Signature, ()> {
+        let msg_type = match msg {
+            UnsignedGossipMessage::ChannelAnnouncement(_) => 256,
+            UnsignedGossipMessage::NodeAnnouncement(_) => 257,
+            UnsignedGossipMessage::ChannelUpdate(_) => 258,
+        };
+        let request = Request::SignGossip {
+            msg_type,
+            msg: msg.encode(),
+        };
+        match self.live(request)? {
+            Response::Signature(sig) => Ok(sig),
+            _ => Err(()),
+        }
+    }
+
+    fn sign_message(&self, msg: &[u8]) -> Result<String, ()> {
+        match self.live(Request::SignMessage { msg: msg.to_vec() })? {
+            Response::Message(text) => Ok(text),
+            _ => Err(()),
+        }
+    }
+}
+
+impl SignerProvider for RemoteKeys {
+    type EcdsaSigner = RemoteChannelSigner;
+
+    /// Takes a key set from the pool (refilled in the background); if the pool is empty, asks
+    /// the signer and waits.
+    fn generate_channel_keys_id(&self, _inbound: bool, _user_channel_id: u128) -> [u8; 32] {
+        let taken = {
+            let mut book = lock(&self.book);
+            let taken = book.pool.pop();
+            if taken.is_some() {
+                if let Err(e) = write_pool(&self.kv, &book) {
+                    tracing::error!(error = %e, "could not record a used channel key set");
+                }
+            }
+            taken
+        };
+        self.refill_in_background();
+        if let Some(id) = taken {
+            return id;
+        }
+        let answer = self
+            .pending
+            .link()
+            .call_blocking(Request::NewChannelKeys { count: 1 }, SYNC_DEADLINE);
+        match answer
+            .map_err(KeysError::from)
+            .and_then(|a| add_key_sets(&self.book, &self.kv, a))
+        {
+            Ok(()) => {
+                let mut book = lock(&self.book);
+                let id = book.pool.pop();
+                let _ = write_pool(&self.kv, &book);
+                // LDK cannot be told "no keys": an id without keys yields a channel whose
+                // signatures the signer refuses, so the open fails cleanly at negotiation.
+                id.unwrap_or([0u8; 32])
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no channel keys from the signer");
+                [0u8; 32]
+            }
+        }
+    }
+
+    fn derive_channel_signer(&self, channel_keys_id: [u8; 32]) -> RemoteChannelSigner {
+        let pubkeys = lock(&self.book).known.get(&channel_keys_id).cloned();
+        let pubkeys = pubkeys.unwrap_or_else(|| {
+            tracing::error!(keys_id = %hex(&channel_keys_id), "unknown channel keys; the signer will refuse this channel");
+            placeholder_pubkeys()
+        });
+        RemoteChannelSigner::new(
+            channel_keys_id,
+            pubkeys,
+            self.pending.clone(),
+            self.points.clone(),
+        )
+    }
+
+    fn get_destination_script(&self, _channel_keys_id: [u8; 32]) -> Result<ScriptBuf, ()> {
+        Ok(self.handover.shutdown_script.clone())
+    }
+
+    fn get_shutdown_scriptpubkey(&self) -> Result<ShutdownScript, ()> {
+        Ok(self.shutdown_script.clone())
+    }
+}
+
+/// Public keys of the generator point: valid keys no signer ever signs for.
+fn placeholder_pubkeys() -> ChannelPublicKeys {
+    use lightning::ln::channel_keys::{
+        DelayedPaymentBasepoint, HtlcBasepoint, RevocationBasepoint,
+    };
+    let secp = Secp256k1::signing_only();
+    let one = bitcoin::secp256k1::SecretKey::from_slice(&[
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 1,
+    ])
+    .expect("1 is a valid secret key");
+    let g = PublicKey::from_secret_key(&secp, &one);
+    ChannelPublicKeys {
+        funding_pubkey: g,
+        revocation_basepoint: RevocationBasepoint::from(g),
+        payment_point: g,
+        delayed_payment_basepoint: DelayedPaymentBasepoint::from(g),
+        htlc_basepoint: HtlcBasepoint::from(g),
+    }
+}
+
+impl OutputSpender for RemoteKeys {
+    fn spend_spendable_outputs(
+        &self,
+        descriptors: &[&SpendableOutputDescriptor],
+        outputs: Vec<TxOut>,
+        change_destination_script: ScriptBuf,
+        feerate_sat_per_1000_weight: u32,
+        locktime: Option<LockTime>,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Transaction, ()> {
+        let request = Request::SpendOutputs {
+            descriptors: descriptors.iter().map(|d| (*d).clone()).collect(),
+            outputs,
+            change_script: change_destination_script,
+            feerate_sat_per_1000_weight,
+            locktime: locktime.map(|l| l.to_consensus_u32()),
+        };
+        match self.live(request)? {
+            Response::Transaction(tx) => Ok(tx),
+            _ => Err(()),
+        }
+    }
+}
+
+/// The on-chain wallet's signer: PSBTs go to the node's signer.
+pub struct RemoteWalletSigner {
+    link: SignerLink,
+    descriptors: (String, String),
+}
+
+impl RemoteWalletSigner {
+    pub fn new(link: SignerLink, handover: &Handover) -> Self {
+        RemoteWalletSigner {
+            link,
+            descriptors: handover.wallet_descriptors.clone(),
+        }
+    }
+}
+
+impl WalletSigner for RemoteWalletSigner {
+    fn descriptors(&self) -> Result<(String, String), WalletError> {
+        Ok(self.descriptors.clone())
+    }
+
+    fn sign_psbt(&self, psbt: &mut bitcoin::Psbt) -> Result<(), WalletError> {
+        let request = Request::SignPsbt { psbt: psbt.clone() };
+        match self.link.call_blocking(request, SYNC_DEADLINE) {
+            Ok(Response::Psbt(signed)) => {
+                *psbt = signed;
+                Ok(())
+            }
+            Ok(other) => Err(WalletError::Signing(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(WalletError::Signing(e.to_string())),
+        }
+    }
+}
