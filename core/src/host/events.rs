@@ -165,9 +165,9 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             channel_id,
         } => {
             // The sweeper persists them and spends them to the wallet, rebroadcasting as needed.
-            // Static outputs too: a cooperative close pays LDK's shutdown script, not the wallet.
+            // Static outputs already pay the signer's wallet (its shutdown script): left alone.
             node.sweeper
-                .track_spendable_outputs(outputs, channel_id, false, None)
+                .track_spendable_outputs(outputs, channel_id, true, None)
                 .map_err(|_| HostError::Lightning("sweeper could not persist outputs".into()))?;
             store.insert_event(
                 &node_id,
