@@ -491,6 +491,16 @@ impl Node {
         u128::from_le_bytes(half)
     }
 
+    /// Requests this node's signer has answered.
+    pub fn signer_requests(&self) -> u64 {
+        self.link.requests_answered()
+    }
+
+    /// Whether the node's signer is attached (else the node is parked).
+    pub fn signer_attached(&self) -> bool {
+        self.link.is_attached()
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
     }
