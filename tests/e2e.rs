@@ -1,6 +1,7 @@
 //! End to end on a real btcd regtest chain: a host of three nodes and a second host process of
 //! one, channels within and across hosts over TCP, payments both ways, a kill -9 and restart,
-//! a cooperative close and a force close whose funds are swept back to the wallet.
+//! a cooperative close and a force close whose funds are swept back to the wallet. Every
+//! signature comes from `flotilla signer` processes (one per host) over gRPC/TLS.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::{Address, Amount};
 use flotilla_core::regtest::Regtest;
 use flotilla_core::store::{ChannelStatus, Direction, PaymentStatus, Store};
-use flotilla_tests::{req, HostProcess};
+use flotilla_tests::{free_port, req, HostProcess, SignerProcess};
 use serde_json::{json, Value};
 
 const FUNDING_SAT: u64 = 3_000_000;
@@ -91,12 +92,20 @@ async fn hosts_open_pay_restart_and_close() {
     let host_b_nodes: Vec<(&str, &Path)> =
         seeds[3..].iter().map(|(a, p)| (*a, p.as_path())).collect();
     let a_db = dir.join("a.db");
-    let mut a = HostProcess::spawn(&a_db, &chain_json, &host_a_nodes)
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = HostProcess::start(&dir, "a", &chain_json, port_a, &host_a_nodes)
         .await
         .unwrap();
-    let mut b = HostProcess::spawn(&dir.join("b.db"), &chain_json, &host_b_nodes)
+    let seeds_a: Vec<&Path> = host_a_nodes.iter().map(|(_, p)| *p).collect();
+    let seeds_b: Vec<&Path> = host_b_nodes.iter().map(|(_, p)| *p).collect();
+    // The signer of host A keeps running across A's kill -9 and restart: it reconnects.
+    let _signer_a = SignerProcess::start(&dir, "a", &a, &seeds_a, json!({})).unwrap();
+    a.ready().await.unwrap();
+    let mut b = HostProcess::start(&dir, "b", &chain_json, port_b, &host_b_nodes)
         .await
         .unwrap();
+    let _signer_b = SignerProcess::start(&dir, "b", &b, &seeds_b, json!({})).unwrap();
+    b.ready().await.unwrap();
 
     // A second host on the same database is refused while the first runs.
     assert!(matches!(
@@ -226,9 +235,10 @@ async fn hosts_open_pay_restart_and_close() {
     }
 
     // Restart: same channels and balances, and it keeps paying (peers reconnect by themselves).
-    let mut a = HostProcess::spawn(&a_db, &chain_json, &host_a_nodes)
+    let mut a = HostProcess::start(&dir, "a", &chain_json, port_a, &host_a_nodes)
         .await
         .unwrap();
+    a.ready().await.unwrap();
     let after = a
         .wait_for("channels back", req("channels", "a0"), |v| {
             v.as_array()
@@ -248,7 +258,7 @@ async fn hosts_open_pay_restart_and_close() {
     let i5 = invoice(&mut a, "a2", 5_000_000).await;
     pay(&mut b, "b0", i5).await;
 
-    // Cooperative close of a0-a1: both sides drop the channel; a0's share is swept to its wallet.
+    // Cooperative close of a0-a1: both sides drop the channel; a0's share pays its wallet.
     let a0_wallet_before = wallet_confirmed(&mut a, "a0").await;
     let ch = channel_to(&after, &a1).unwrap();
     a.must(json!({"cmd": "close", "node": "a0", "channel_id": ch["channel_id"], "peer": a1}))

@@ -1,4 +1,5 @@
-//! Drives `flotilla host` processes over their JSON-lines console, for end-to-end tests.
+//! Drives `flotilla host` processes over their JSON-lines console, and `flotilla signer`
+//! processes that dial their hubs, for end-to-end tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,23 +28,53 @@ pub struct HostProcess {
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
     pub nodes: Value,
+    /// Where its SignerHub listens (`https://…`), and the CA file signers must trust.
+    pub hub_url: String,
+    pub ca_file: PathBuf,
+}
+
+/// A free TCP port on loopback (for a hub that must keep its address across restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The node id a seed file gives (what the host registers for its signer).
+pub fn node_id_of(seed_file: &Path) -> String {
+    let seed = flotilla_core::signer::seed::read_seed_file(seed_file).expect("seed file");
+    flotilla_core::signer::seed::node_public_key(&seed)
+        .expect("node key")
+        .to_string()
 }
 
 impl HostProcess {
-    pub async fn spawn(
-        db: &Path,
+    /// Starts `flotilla host --config` in `dir` (files named after `name`) for `nodes` (alias,
+    /// seed file — only their node ids reach the host) with its hub on `hub_port`. Returns once
+    /// the hub listens; call [`HostProcess::ready`] after starting the signers.
+    pub async fn start(
+        dir: &Path,
+        name: &str,
         chain_json: &Path,
+        hub_port: u16,
         nodes: &[(&str, &Path)],
     ) -> Result<Self, String> {
+        let nodes: Vec<Value> = nodes
+            .iter()
+            .map(|(alias, seed)| json!({"alias": alias, "node_id": node_id_of(seed)}))
+            .collect();
+        let config = dir.join(format!("{name}-host.json"));
+        let body = json!({
+            "db": dir.join(format!("{name}.db")),
+            "chain": chain_json,
+            "hub_listen": format!("127.0.0.1:{hub_port}"),
+            "tls_dir": dir.join(format!("{name}-tls")),
+            "nodes": nodes,
+        });
+        std::fs::write(&config, body.to_string()).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(flotilla_bin());
-        cmd.arg("host")
-            .arg("--db")
-            .arg(db)
-            .arg("--chain")
-            .arg(chain_json);
-        for (alias, seed) in nodes {
-            cmd.arg("--node").arg(format!("{alias}={}", seed.display()));
-        }
+        cmd.arg("host").arg("--config").arg(&config);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -53,19 +84,25 @@ impl HostProcess {
             .map_err(|e| format!("spawn {}: {e}", flotilla_bin().display()))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-        let first = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
-            .await
-            .map_err(|_| "host did not start in time".to_string())?
-            .map_err(|e| e.to_string())?
-            .ok_or("host exited before it started")?;
-        let first: Value = serde_json::from_str(&first).map_err(|e| format!("{first}: {e}"))?;
-        let nodes = first["ok"]["nodes"].clone();
+        let hello = next_json(&mut stdout, "hub listening").await?;
         Ok(HostProcess {
             child,
             stdin,
             stdout,
-            nodes,
+            nodes: Value::Null,
+            hub_url: hello["ok"]["hub"].as_str().unwrap_or_default().to_string(),
+            ca_file: PathBuf::from(hello["ok"]["ca_file"].as_str().unwrap_or_default()),
         })
+    }
+
+    /// Waits until every node is up (new nodes wait for their signer's first attach).
+    pub async fn ready(&mut self) -> Result<(), String> {
+        let up = next_json(&mut self.stdout, "nodes up").await?;
+        if up.get("ok").is_none() {
+            return Err(format!("host failed to start: {up}"));
+        }
+        self.nodes = up["ok"]["nodes"].clone();
+        Ok(())
     }
 
     pub fn node_id(&self, alias: &str) -> String {
@@ -147,6 +184,72 @@ impl HostProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+}
+
+async fn next_json(stdout: &mut Lines<BufReader<ChildStdout>>, what: &str) -> Result<Value, String> {
+    let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
+        .await
+        .map_err(|_| format!("host: timed out waiting for {what}"))?
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("host exited before {what}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("{line}: {e}"))
+}
+
+/// A `flotilla signer` process serving some nodes of one host.
+pub struct SignerProcess {
+    child: Child,
+    config: PathBuf,
+}
+
+impl SignerProcess {
+    /// Writes the signer's config (seeds, hub URL, CA, state dir, `policy`) and starts it.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        host: &HostProcess,
+        seeds: &[&Path],
+        policy: Value,
+    ) -> Result<Self, String> {
+        let config = dir.join(format!("{name}-signer.json"));
+        let body = json!({
+            "host_url": host.hub_url,
+            "ca_file": host.ca_file,
+            "state_dir": dir.join(format!("{name}-signer-state")),
+            "seed_files": seeds,
+            "policy": policy,
+        });
+        std::fs::write(&config, body.to_string()).map_err(|e| e.to_string())?;
+        let child = Self::spawn(&config)?;
+        Ok(SignerProcess { child, config })
+    }
+
+    fn spawn(config: &Path) -> Result<Child, String> {
+        Command::new(flotilla_bin())
+            .arg("signer")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn signer: {e}"))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL: the signer vanishes mid-whatever.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Starts the same signer again (same seeds, same state dir).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.child = Self::spawn(&self.config)?;
+        Ok(())
     }
 }
 
