@@ -187,7 +187,10 @@ impl HostProcess {
     }
 }
 
-async fn next_json(stdout: &mut Lines<BufReader<ChildStdout>>, what: &str) -> Result<Value, String> {
+async fn next_json(
+    stdout: &mut Lines<BufReader<ChildStdout>>,
+    what: &str,
+) -> Result<Value, String> {
     let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line())
         .await
         .map_err(|_| format!("host: timed out waiting for {what}"))?

@@ -56,6 +56,8 @@ pub struct RemoteChannelSigner {
     pubkeys: ChannelPublicKeys,
     pending: Arc<Pending>,
     points: Arc<PointCache>,
+    /// The channel parameters of the last signing request, for validations (LDK gives none).
+    params: Arc<Mutex<Option<ChannelTransactionParameters>>>,
 }
 
 impl RemoteChannelSigner {
@@ -70,7 +72,17 @@ impl RemoteChannelSigner {
             pubkeys,
             pending,
             points,
+            params: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Remembers `params` for later validations and returns a copy for the request.
+    fn seen(&self, params: &ChannelTransactionParameters) -> ChannelTransactionParameters {
+        let mut last = self.params.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() != Some(params) {
+            *last = Some(params.clone());
+        }
+        params.clone()
     }
 
     fn key(&self, kind: &str, parts: &[&[u8]]) -> Key {
@@ -166,8 +178,14 @@ impl ChannelSigner for RemoteChannelSigner {
         holder_tx: &HolderCommitmentTransaction,
         outbound_htlc_preimages: Vec<PaymentPreimage>,
     ) -> Result<(), ()> {
+        let params = self
+            .params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let request = Request::ValidateHolderCommitment {
             keys_id: self.keys_id,
+            params,
             tx: holder_tx.clone(),
             outbound_preimages: outbound_htlc_preimages,
         };
@@ -231,7 +249,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         let key = self.key("counterparty_commitment", &[&txid]);
         let request = Request::SignCounterpartyCommitment {
             keys_id: self.keys_id,
-            params: params.clone(),
+            params: self.seen(params),
             tx: commitment_tx.clone(),
             inbound_preimages: inbound_htlc_preimages,
             outbound_preimages: outbound_htlc_preimages,
@@ -252,7 +270,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         let key = self.key("holder_commitment", &[&txid]);
         let request = Request::SignHolderCommitment {
             keys_id: self.keys_id,
-            params: params.clone(),
+            params: self.seen(params),
             tx: commitment_tx.clone(),
         };
         self.signature(key, Retry::Monitors, request)
@@ -272,7 +290,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         let key = self.key("justice_output", &[&txid, &input.to_be_bytes()]);
         let request = Request::SignJusticeRevokedOutput {
             keys_id: self.keys_id,
-            params: params.clone(),
+            params: self.seen(params),
             tx: justice_tx.clone(),
             input,
             amount,
@@ -296,7 +314,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         let key = self.key("justice_htlc", &[&txid, &input.to_be_bytes()]);
         let request = Request::SignJusticeRevokedHtlc {
             keys_id: self.keys_id,
-            params: params.clone(),
+            params: self.seen(params),
             tx: justice_tx.clone(),
             input,
             amount,
@@ -340,7 +358,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         let key = self.key("counterparty_htlc", &[&txid, &input.to_be_bytes()]);
         let request = Request::SignCounterpartyHtlcTransaction {
             keys_id: self.keys_id,
-            params: params.clone(),
+            params: self.seen(params),
             tx: htlc_tx.clone(),
             input,
             amount,
@@ -373,7 +391,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         );
         let request = Request::SignClosingTransaction {
             keys_id: self.keys_id,
-            params: params.clone(),
+            params: self.seen(params),
             closing,
         };
         self.signature(key, Retry::Channels, request)
@@ -391,7 +409,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         let key = self.key("anchor", &[&txid, &input.to_be_bytes()]);
         let request = Request::SignHolderAnchorInput {
             keys_id: self.keys_id,
-            params: params.clone(),
+            params: self.seen(params),
             tx: anchor_tx.clone(),
             input,
         };

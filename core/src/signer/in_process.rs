@@ -1,57 +1,46 @@
-//! The in-process signer: keys derived from a seed held in this process. For tests, the demo's
-//! baseline and benchmarks only; production nodes get their signatures from a remote signer.
+//! The in-process signer: the customer's [`SeedSigner`] run inside the host process. For tests
+//! and the benchmark's baseline only; production nodes get their signatures from a remote
+//! signer that dials the host's hub.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::Network;
-use lightning::sign::{KeysManager, NodeSigner, Recipient};
 
-use super::wallet_keys::SeedWalletSigner;
-use crate::wallet::{WalletError, WalletSigner};
+use super::link::SignerLink;
+use super::policy::Policy;
+use super::protocol::Handler;
+use super::service::{SeedSigner, SetupError};
+use super::state::MemoryStateStore;
 
-/// Everything a node needs signed, from one 32-byte seed.
+/// A node's signer living in this process.
 pub struct InProcessSigner {
-    keys: Arc<KeysManager>,
-    wallet: Arc<SeedWalletSigner>,
-    node_id: PublicKey,
+    signer: Arc<SeedSigner>,
 }
 
 impl InProcessSigner {
-    pub fn from_seed(seed: &[u8; 32], network: Network) -> Result<Self, WalletError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        // The start time only salts fresh channel keys, so restarts never reuse them.
-        let keys = Arc::new(KeysManager::new(
-            seed,
-            now.as_secs(),
-            now.subsec_nanos(),
-            true,
-        ));
-        let node_id = keys
-            .get_node_id(Recipient::Node)
-            .map_err(|_| WalletError::Signing("node key unavailable".into()))?;
-        let wallet = Arc::new(SeedWalletSigner::new(seed, network)?);
+    /// A signer with no limits and state in memory.
+    pub fn from_seed(seed: &[u8; 32], network: Network) -> Result<Self, SetupError> {
+        Self::with_policy(seed, network, Policy::default())
+    }
+
+    pub fn with_policy(
+        seed: &[u8; 32],
+        network: Network,
+        policy: Policy,
+    ) -> Result<Self, SetupError> {
+        let signer = SeedSigner::new(seed, network, policy, Box::new(MemoryStateStore::new()))?;
         Ok(InProcessSigner {
-            keys,
-            wallet,
-            node_id,
+            signer: Arc::new(signer),
         })
     }
 
     pub fn node_id(&self) -> PublicKey {
-        self.node_id
+        self.signer.node_id()
     }
 
-    /// LDK's node, channel and on-chain output signing.
-    pub fn keys(&self) -> Arc<KeysManager> {
-        self.keys.clone()
-    }
-
-    /// Signs the on-chain wallet's PSBTs.
-    pub fn wallet_signer(&self) -> Arc<dyn WalletSigner> {
-        self.wallet.clone()
+    /// The host's line to this signer: answers inline, on the caller's thread.
+    pub fn link(&self) -> SignerLink {
+        SignerLink::in_process(self.signer.clone())
     }
 }

@@ -78,9 +78,11 @@ pub enum Request {
         keys_id: KeysId,
         idx: u64,
     },
-    /// LDK gives no channel parameters here: the signer knows them from earlier requests.
+    /// LDK gives no channel parameters here: the host sends the last it saw for the channel
+    /// (none before the first signing request); the signer prefers those it saw itself.
     ValidateHolderCommitment {
         keys_id: KeysId,
+        params: Option<ChannelTransactionParameters>,
         tx: HolderCommitmentTransaction,
         outbound_preimages: Vec<PaymentPreimage>,
     },
