@@ -3,10 +3,7 @@
 //! btcd generates a P-521 certificate by default, which rustls (and webpki) cannot verify, so
 //! the harness hands btcd its own self-signed P-256 certificate for 127.0.0.1 and localhost.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 
 use super::RegtestError;
 
@@ -18,18 +15,10 @@ pub(crate) struct CertPem {
 
 /// Generates a fresh self-signed P-256 certificate valid for `127.0.0.1` and `localhost`.
 pub(crate) fn generate() -> Result<CertPem, RegtestError> {
-    let err = |e: rcgen::Error| RegtestError::Cert(e.to_string());
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(err)?;
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .map_err(err)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "flotilla regtest btcd");
-    let cert = params.self_signed(&key).map_err(err)?;
-    Ok(CertPem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let (cert, key) = crate::signer::tls::self_signed_p256(names, "flotilla regtest btcd")
+        .map_err(|e| RegtestError::Cert(e.to_string()))?;
+    Ok(CertPem { cert, key })
 }
 
 /// Writes a fresh certificate and key into `dir` (key readable by the owner only) and returns
@@ -44,22 +33,8 @@ pub(crate) fn write(dir: &Path) -> Result<(PathBuf, PathBuf), RegtestError> {
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RegtestError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| RegtestError::io(format!("cannot write {}", path.display()), e);
-    // Replace rather than truncate, so the mode applies even if an older file exists.
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
+    crate::signer::tls::write_file(path, bytes, mode)
+        .map_err(|e| RegtestError::io(format!("cannot write {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -70,6 +45,8 @@ mod tests {
     use tokio_rustls::rustls::client::WebPkiServerVerifier;
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime};
     use tokio_rustls::rustls::RootCertStore;
+
+    use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 
     use super::*;
 

@@ -2,6 +2,8 @@
 
 pub mod channel_proxy;
 pub mod config;
+pub mod dial;
+pub mod hub;
 pub mod in_process;
 pub mod link;
 pub mod node_proxy;
@@ -11,4 +13,6 @@ pub mod protocol;
 pub mod seed;
 pub mod service;
 pub mod state;
+pub mod tls;
 pub mod wallet_keys;
+pub mod wire;
