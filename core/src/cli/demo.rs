@@ -1,4 +1,6 @@
 //! `flotilla demo`: a regtest chain, one host with N nodes in a ring of channels, M payments.
+//! Every node's signer runs as its own `flotilla signer` process that dials the host's hub:
+//! the host process holds no node's key.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,7 +15,9 @@ use serde::Serialize;
 use super::CliResult;
 use crate::host::{Host, HostConfig, Node, PaymentOutcome};
 use crate::regtest::Regtest;
-use crate::signer::in_process::InProcessSigner;
+use crate::signer::hub::SignerHub;
+use crate::signer::link::SignerLink;
+use crate::signer::tls::{HubTls, CA_FILE};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -44,6 +48,9 @@ pub struct DemoSummary {
     pub block_deliveries: u64,
     pub elapsed_s: f64,
     pub payments_per_s: f64,
+    /// Requests the remote signers answered (signatures, points, approvals).
+    pub signer_requests: u64,
+    /// The host's database, the signers' seeds, configs and state (left for inspection).
     pub data_dir: PathBuf,
 }
 
@@ -64,20 +71,31 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let chain = Regtest::spawn_owned(&dir.join("regtest")).await?;
     chain.mine(101).await?;
 
-    step(&format!("starting a host with {} nodes", args.nodes));
+    step(&format!(
+        "starting a host with {} nodes and a signer process per node",
+        args.nodes
+    ));
     let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config())).await?;
-    let seeds = dir.join("seeds");
-    std::fs::create_dir_all(&seeds)?;
-    let mut nodes: Vec<Arc<Node>> = Vec::new();
+    let tls_dir = dir.join("hub-tls");
+    let tls = HubTls::load_or_generate(&tls_dir, &super::host::hub_names())?;
+    let hub = SignerHub::start("127.0.0.1:0".parse()?, &tls).await?;
+    let signers_dir = dir.join("signers");
+    std::fs::create_dir_all(&signers_dir)?;
+    let mut signer_processes = Vec::new();
+    let mut starting = tokio::task::JoinSet::new();
     for i in 0..args.nodes {
-        let seed: [u8; 32] = rand_seed();
-        std::fs::write(
-            seeds.join(format!("node-{i}.seed")),
-            bitcoin::hex::DisplayHex::to_lower_hex_string(&seed[..]),
-        )?;
-        let signer = InProcessSigner::from_seed(&seed, bitcoin::Network::Regtest)?;
-        nodes.push(host.add_node(&format!("node-{i}"), signer.link()).await?);
+        let alias = format!("node-{i}");
+        let (node_id, child) = spawn_signer(&signers_dir, &alias, &hub, &tls_dir.join(CA_FILE))?;
+        signer_processes.push(child);
+        let link = SignerLink::new(node_id, hub.register(node_id));
+        let host = host.clone();
+        starting.spawn(async move { host.add_node(&alias, link).await });
     }
+    let mut nodes: Vec<Arc<Node>> = Vec::new();
+    while let Some(started) = starting.join_next().await {
+        nodes.push(started??);
+    }
+    nodes.sort_by(|a, b| a.alias.cmp(&b.alias));
 
     step("funding every node's wallet");
     for node in &nodes {
@@ -157,9 +175,14 @@ pub async fn run(args: DemoArgs) -> CliResult {
         } else {
             0.0
         }),
+        signer_requests: nodes.iter().map(|n| n.signer_requests()).sum(),
         data_dir: dir.clone(),
     };
     host.shutdown().await;
+    hub.shutdown().await;
+    for mut child in signer_processes {
+        let _ = child.kill().await;
+    }
     chain.stop().await?;
 
     println!("Flotilla demo");
@@ -174,6 +197,10 @@ pub async fn run(args: DemoArgs) -> CliResult {
         "  blocks connected    {} (getblock calls: {}, deliveries to nodes: {})",
         summary.blocks_connected, summary.getblock_calls, summary.block_deliveries
     );
+    println!(
+        "  signer requests     {} (answered by {} signer processes)",
+        summary.signer_requests, summary.nodes
+    );
     println!("  elapsed             {} s", summary.elapsed_s);
     println!("  data                {}", summary.data_dir.display());
     if let Some(path) = args.json {
@@ -186,11 +213,43 @@ pub async fn run(args: DemoArgs) -> CliResult {
     Ok(())
 }
 
-fn rand_seed() -> [u8; 32] {
+/// Plays the customer: a fresh seed file, a signer config, and `flotilla signer` dialing the
+/// hub. Returns the node id (public) the host registers for that signer.
+fn spawn_signer(
+    dir: &std::path::Path,
+    alias: &str,
+    hub: &SignerHub,
+    ca_file: &std::path::Path,
+) -> Result<
+    (bitcoin::secp256k1::PublicKey, tokio::process::Child),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
     use bitcoin::secp256k1::rand::RngCore;
     let mut seed = [0u8; 32];
     bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut seed);
-    seed
+    let seed_file = dir.join(format!("{alias}.seed"));
+    std::fs::write(
+        &seed_file,
+        bitcoin::hex::DisplayHex::to_lower_hex_string(&seed[..]),
+    )?;
+    let node_id = crate::signer::seed::node_public_key(&seed)?;
+    seed.fill(0);
+    let config = dir.join(format!("{alias}.json"));
+    let body = serde_json::json!({
+        "host_url": format!("https://{}", hub.local_addr()),
+        "ca_file": ca_file,
+        "state_dir": dir.join(format!("{alias}-state")),
+        "seed_files": [seed_file],
+    });
+    std::fs::write(&config, serde_json::to_vec_pretty(&body)?)?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("signer")
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok((node_id, child))
 }
 
 fn round2(x: f64) -> f64 {

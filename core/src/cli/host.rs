@@ -1,6 +1,10 @@
-//! `flotilla host`: runs a host process whose nodes are driven by JSON lines on stdin (one
-//! request per line, one answer per line on stdout). This is the operator's console and what
-//! the end-to-end tests drive across processes, until the gRPC node API takes its place.
+//! `flotilla host --config FILE`: runs a host process whose nodes' signers dial in to its
+//! SignerHub, driven by JSON lines on stdin (one request per line, one answer per line on
+//! stdout). This is the operator's console and what the end-to-end tests drive across
+//! processes, until the gRPC node API takes its place.
+//!
+//! Output: a first line `{"ok": {"hub": URL, "ca_file": PATH}}` once signers can dial in, then
+//! `{"ok": {"nodes": [...]}}` once every node is up (a new node waits for its signer).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,25 +21,56 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::CliResult;
 use crate::chain::RpcConfig;
 use crate::host::{Host, HostConfig, HostError, Node, PaymentOutcome};
-use crate::signer::in_process::InProcessSigner;
-use crate::signer::seed::read_seed_file;
+use crate::signer::hub::SignerHub;
+use crate::signer::link::SignerLink;
+use crate::signer::tls::{HubTls, CA_FILE};
 
 #[derive(Args)]
 pub struct HostArgs {
+    /// The host's configuration file (JSON: db, chain, hub_listen, tls_dir, nodes).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// The host's configuration file. Relative paths are relative to the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFile {
     /// The host's SQLite database.
-    #[arg(long)]
-    db: PathBuf,
+    pub db: PathBuf,
     /// Chain RPC settings: a regtest.json written by `flotilla regtest up` (its `rpc` field).
-    #[arg(long)]
-    chain: PathBuf,
-    /// A node to run, as ALIAS=SEED_FILE (32 raw bytes or 64 hex characters). Repeatable.
-    #[arg(long = "node", value_name = "ALIAS=SEED_FILE")]
-    nodes: Vec<String>,
+    pub chain: PathBuf,
+    /// Where the SignerHub listens, e.g. `127.0.0.1:7001`.
+    pub hub_listen: SocketAddr,
+    /// The hub's TLS CA and certificate (made here on first start; give signers `ca.pem`).
+    pub tls_dir: PathBuf,
+    /// The nodes this host runs: alias and the node id its signer must prove.
+    pub nodes: Vec<NodeEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub alias: String,
+    pub node_id: PublicKey,
 }
 
 #[derive(Deserialize)]
 struct ChainFile {
     rpc: RpcConfig,
+}
+
+/// Names the hub's certificate is valid for: signers dial it on loopback in tests and demos.
+pub(crate) fn hub_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+
+fn relative_to(base: &std::path::Path, path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,22 +122,37 @@ enum Request {
 }
 
 pub async fn run(args: HostArgs) -> CliResult {
-    let chain: ChainFile = serde_json::from_slice(&std::fs::read(&args.chain)?)
-        .map_err(|e| format!("{}: {e}", args.chain.display()))?;
-    let host = Host::start(HostConfig::regtest(args.db, chain.rpc)).await?;
-    let mut by_alias: HashMap<String, Arc<Node>> = HashMap::new();
-    for spec in &args.nodes {
-        let (alias, file) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("--node {spec}: expected ALIAS=SEED_FILE"))?;
-        let seed = read_seed_file(std::path::Path::new(file))?;
-        let signer = InProcessSigner::from_seed(&seed, bitcoin::Network::Regtest)?;
-        by_alias.insert(
-            alias.to_string(),
-            host.add_node(alias, signer.link()).await?,
-        );
-    }
+    let text =
+        std::fs::read(&args.config).map_err(|e| format!("{}: {e}", args.config.display()))?;
+    let file: HostFile =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", args.config.display()))?;
+    let base = args.config.parent().unwrap_or(std::path::Path::new("."));
+    let chain_path = relative_to(base, &file.chain);
+    let chain: ChainFile = serde_json::from_slice(&std::fs::read(&chain_path)?)
+        .map_err(|e| format!("{}: {e}", chain_path.display()))?;
+    let host = Host::start(HostConfig::regtest(relative_to(base, &file.db), chain.rpc)).await?;
+    let tls_dir = relative_to(base, &file.tls_dir);
+    let tls = HubTls::load_or_generate(&tls_dir, &hub_names())?;
+    let hub = SignerHub::start(file.hub_listen, &tls).await?;
+
     let mut stdout = tokio::io::stdout();
+    let hello = json!({"ok": {"hub": format!("https://{}", hub.local_addr()),
+                              "ca_file": tls_dir.join(CA_FILE).display().to_string()}});
+    stdout.write_all(format!("{hello}\n").as_bytes()).await?;
+    stdout.flush().await?;
+
+    // Nodes start concurrently: each new one waits for its own signer's first attach.
+    let mut starting = tokio::task::JoinSet::new();
+    for entry in &file.nodes {
+        let link = SignerLink::new(entry.node_id, hub.register(entry.node_id));
+        let (host, alias) = (host.clone(), entry.alias.clone());
+        starting.spawn(async move { (alias.clone(), host.add_node(&alias, link).await) });
+    }
+    let mut by_alias: HashMap<String, Arc<Node>> = HashMap::new();
+    while let Some(started) = starting.join_next().await {
+        let (alias, node) = started?;
+        by_alias.insert(alias, node?);
+    }
     stdout
         .write_all(format!("{}\n", json!({"ok": info(&by_alias)})).as_bytes())
         .await?;
@@ -123,6 +173,7 @@ pub async fn run(args: HostArgs) -> CliResult {
         stdout.flush().await?;
     }
     host.shutdown().await;
+    hub.shutdown().await;
     Ok(())
 }
 

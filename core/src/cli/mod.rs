@@ -8,6 +8,7 @@ pub mod demo;
 pub mod host;
 pub mod regtest;
 pub mod signer;
+pub mod signer_run;
 
 /// Result of one CLI command; errors are printed, never panicked.
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -32,9 +33,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run a host whose nodes are driven by JSON lines on stdin.
     Host(host::HostArgs),
-    /// Signer tools.
-    #[command(subcommand)]
-    Signer(signer::SignerCommand),
+    /// Run the customer's signer (`--config FILE`), or signer tools.
+    Signer(signer::SignerArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Host(args) => host::run(args).await,
             Command::Regtest(cmd) => regtest::run(cmd).await,
-            Command::Signer(cmd) => signer::run(cmd).await,
+            Command::Signer(args) => signer::run(args).await,
         }
     });
     match result {
@@ -67,5 +67,28 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -2,10 +2,21 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::CliResult;
 use crate::signer::seed::{self, SeedError};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SignerArgs {
+    /// Run a signer from this configuration file (JSON: host_url, ca_file, state_dir,
+    /// seed_files, policy).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<SignerCommand>,
+}
 
 #[derive(Subcommand)]
 pub enum SignerCommand {
@@ -17,12 +28,14 @@ pub enum SignerCommand {
     },
 }
 
-pub async fn run(cmd: SignerCommand) -> CliResult {
-    match cmd {
-        SignerCommand::NodeId { seed_file } => {
+pub async fn run(args: SignerArgs) -> CliResult {
+    match (args.config, args.command) {
+        (Some(config), _) => super::signer_run::run(&config).await,
+        (None, Some(SignerCommand::NodeId { seed_file })) => {
             println!("{}", node_id_of_file(&seed_file)?);
             Ok(())
         }
+        (None, None) => Err("flotilla signer: give --config FILE or a subcommand (node-id)".into()),
     }
 }
 

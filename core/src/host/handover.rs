@@ -61,7 +61,7 @@ fn decode(bytes: &[u8]) -> Result<Handover, HostError> {
 /// The stored handover, or the signer's (waiting up to `wait` for it to attach), stored on
 /// first sight. A signer whose handover names another node is refused.
 pub(crate) async fn obtain(
-    kv: &dyn KVStoreSync,
+    kv: &(dyn KVStoreSync + Sync),
     link: &SignerLink,
     wait: Duration,
 ) -> Result<Handover, HostError> {

@@ -348,6 +348,10 @@ impl Transport for NodeSlot {
     fn attached(&self) -> watch::Receiver<bool> {
         self.attached.subscribe()
     }
+
+    fn handover(&self) -> Option<Handover> {
+        self.handover.borrow().clone()
+    }
 }
 
 /// The gRPC service: each Attach stream gets a task that proves the signer, then carries

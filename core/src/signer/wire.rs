@@ -100,7 +100,7 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
             outbound_preimages,
         } => Body::ValidateHolderCommitment(proto::ValidateHolderCommitment {
             keys_id: keys_id.to_vec(),
-            params: params.encode(),
+            params: params.as_ref().map(|p| p.encode()),
             tx: tx.encode(),
             outbound_preimages: preimages(outbound_preimages),
         }),
@@ -224,9 +224,8 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
             other_key: other_key.serialize().to_vec(),
             tweak: tweak.map(|t| t.to_vec()),
         }),
-        Request::SignInvoice { hrp, data } => Body::SignInvoice(proto::SignInvoice {
-            hrp: hrp.clone(),
-            data: data.clone(),
+        Request::SignInvoice { invoice } => Body::SignInvoice(proto::SignInvoice {
+            invoice: invoice.clone(),
         }),
         Request::SignGossip { msg_type, msg } => Body::SignGossip(proto::SignGossip {
             msg_type: u32::from(*msg_type),
@@ -295,7 +294,7 @@ fn decode_body(body: Body) -> Result<Request, SignerError> {
         },
         Body::ValidateHolderCommitment(m) => Request::ValidateHolderCommitment {
             keys_id: bytes32(&m.keys_id, "keys_id")?,
-            params: params(&m.params)?,
+            params: m.params.as_deref().map(params).transpose()?,
             tx: ldk::<HolderCommitmentTransaction>(&m.tx, "holder commitment")?,
             outbound_preimages: decode_preimages(&m.outbound_preimages)?,
         },
@@ -377,10 +376,7 @@ fn decode_body(body: Body) -> Result<Request, SignerError> {
                 .map(|t| bytes32(t, "tweak"))
                 .transpose()?,
         },
-        Body::SignInvoice(m) => Request::SignInvoice {
-            hrp: m.hrp,
-            data: m.data,
-        },
+        Body::SignInvoice(m) => Request::SignInvoice { invoice: m.invoice },
         Body::SignGossip(m) => Request::SignGossip {
             msg_type: u16::try_from(m.msg_type)
                 .map_err(|_| SignerError::Malformed(format!("gossip type {}", m.msg_type)))?,
