@@ -128,11 +128,25 @@ impl HostProcess {
 
     /// Sends one request and returns its `ok` value, or the host's error text.
     pub async fn call(&mut self, request: Value) -> Result<Value, String> {
+        self.send(&request).await?;
+        self.answer(&request).await
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends a request without waiting for its answer (see [`HostProcess::answer`]).
+    pub async fn send(&mut self, request: &Value) -> Result<(), String> {
         self.stdin
             .write_all(format!("{request}\n").as_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        self.stdin.flush().await.map_err(|e| e.to_string())?;
+        self.stdin.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// The answer to the oldest request sent and not yet answered.
+    pub async fn answer(&mut self, request: &Value) -> Result<Value, String> {
         let line = tokio::time::timeout(Duration::from_secs(120), self.stdout.next_line())
             .await
             .map_err(|_| format!("no answer to {request}"))?

@@ -239,6 +239,7 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
                         "usable": c.is_usable,
                         "ready": c.is_channel_ready,
                         "funded": c.funding_txo.is_some(),
+                        "pending_htlcs": c.pending_inbound_htlcs.len() + c.pending_outbound_htlcs.len(),
                     })
                 })
                 .collect();
