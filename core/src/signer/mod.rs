@@ -3,6 +3,9 @@
 pub mod config;
 pub mod in_process;
 pub mod link;
+pub mod policy;
 pub mod protocol;
 pub mod seed;
+pub mod service;
+pub mod state;
 pub mod wallet_keys;

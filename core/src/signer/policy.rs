@@ -1,0 +1,555 @@
+//! What the signer refuses to sign, as pure functions over its [`SignerState`].
+//!
+//! Every check takes the state by `&mut` and records what it accepted; the signer runs them on a
+//! copy and keeps the copy only once the answer is ready and the copy saved, so a refusal or a
+//! failed signature leaves the remembered state untouched.
+
+use std::collections::{BTreeMap, HashSet};
+
+use bitcoin::hex::DisplayHex;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Script, ScriptBuf};
+
+use super::config::PolicyLimits;
+use super::protocol::KeysId;
+use super::state::{ApprovedPayment, HtlcEntry, SignedCommitment, SignerState, Spent};
+
+/// The velocity window.
+pub const WINDOW_SECS: u64 = 3600;
+/// How long an approval exempts its payment's HTLCs from being counted again.
+pub const APPROVAL_TTL_SECS: u64 = 24 * 3600;
+/// Wallet addresses (per chain) the signer recognises as its own beyond the last one it saw used.
+pub const DEFAULT_WALLET_LOOKAHEAD: u32 = 1000;
+
+/// The signer's rules. `limits` of `None` do not limit; `allowed_peers` of `None` allows any peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub limits: PolicyLimits,
+    /// Output scripts closes and sweeps may pay besides the signer's own wallet.
+    pub allowed_scripts: HashSet<ScriptBuf>,
+    pub allowed_peers: Option<HashSet<PublicKey>>,
+    /// How many addresses of each wallet chain count as the signer's own.
+    pub wallet_lookahead: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::new(PolicyLimits::default())
+    }
+}
+
+/// What an approval hook is shown before an outgoing payment is signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentApproval {
+    pub payment_hash: [u8; 32],
+    pub amount_msat: u64,
+    pub destination: PublicKey,
+}
+
+/// Asked (by the app, through the bindings) before an outgoing payment is signed.
+pub trait ApprovalHook: Send + Sync {
+    fn approve(&self, payment: &PaymentApproval) -> bool;
+}
+
+/// A policy refusal: which rule, and why (logged and sent to the host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: &'static str,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(rule: &'static str, reason: impl Into<String>) -> Self {
+        Refusal {
+            rule,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A commitment's HTLCs from the node's side (`offered` already translated from LDK's
+/// broadcaster view): outgoing are ours, incoming are the peer's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitmentView {
+    pub number: u64,
+    pub txid: [u8; 32],
+    pub outgoing: Vec<HtlcEntry>,
+    pub incoming: Vec<HtlcEntry>,
+}
+
+impl Policy {
+    pub fn new(limits: PolicyLimits) -> Self {
+        Policy {
+            limits,
+            allowed_scripts: HashSet::new(),
+            allowed_peers: None,
+            wallet_lookahead: DEFAULT_WALLET_LOOKAHEAD,
+        }
+    }
+
+    /// Signing the peer's commitment: never an older one, the same number only for the same
+    /// transaction, and new outgoing HTLCs within the payment and velocity limits.
+    pub fn sign_counterparty_commitment(
+        &self,
+        state: &mut SignerState,
+        keys_id: &KeysId,
+        view: &CommitmentView,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        if let Some(last) = state
+            .channels
+            .get(keys_id)
+            .and_then(|c| c.last_counterparty)
+        {
+            if view.number > last.number {
+                return Err(Refusal::new(
+                    "stale_counterparty_commitment",
+                    format!(
+                        "commitment {} is older than {} already signed",
+                        view.number, last.number
+                    ),
+                ));
+            }
+            if view.number == last.number {
+                if view.txid != last.txid {
+                    return Err(Refusal::new(
+                        "conflicting_counterparty_commitment",
+                        format!(
+                            "commitment {} was already signed for another transaction",
+                            view.number
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+        }
+        prune(state, now);
+        let previous = state
+            .channels
+            .get(keys_id)
+            .map(|c| c.outgoing.clone())
+            .unwrap_or_default();
+        for htlc in new_entries(&previous, &view.outgoing) {
+            self.count_outgoing_htlc(state, keys_id, view, &htlc, now)?;
+        }
+        let channel = state.channels.entry(*keys_id).or_default();
+        channel.last_counterparty = Some(SignedCommitment {
+            number: view.number,
+            txid: view.txid,
+        });
+        channel.outgoing = view.outgoing.clone();
+        Ok(())
+    }
+
+    /// One new outgoing HTLC: a forward, part of an approved payment, or new spending.
+    fn count_outgoing_htlc(
+        &self,
+        state: &mut SignerState,
+        keys_id: &KeysId,
+        view: &CommitmentView,
+        htlc: &HtlcEntry,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let hash = htlc.payment_hash;
+        let sum = |entries: &[HtlcEntry]| -> u64 {
+            entries
+                .iter()
+                .filter(|e| e.payment_hash == hash)
+                .map(|e| e.amount_msat)
+                .fold(0u64, u64::saturating_add)
+        };
+        // Outgoing value under this hash across the node, with this commitment's in place of
+        // the channel's previous one.
+        let outgoing_total = state
+            .channels
+            .iter()
+            .filter(|(id, _)| *id != keys_id)
+            .map(|(_, c)| sum(&c.outgoing))
+            .fold(sum(&view.outgoing), u64::saturating_add);
+        // Only incoming HTLCs in holder commitments count: the peer signed those, so they are
+        // real and claimable once the outgoing one reveals the preimage.
+        let incoming_total = state
+            .channels
+            .values()
+            .map(|c| sum(&c.incoming_holder))
+            .fold(0, u64::saturating_add);
+        if incoming_total >= outgoing_total {
+            return Ok(());
+        }
+        let (payment_total, spending) = match state.approved.get_mut(&hash) {
+            Some(approved) => {
+                let before = approved.used_msat;
+                let after = before.saturating_add(htlc.amount_msat);
+                approved.used_msat = after;
+                let beyond = |used: u64| used.saturating_sub(approved.amount_msat);
+                (after, beyond(after) - beyond(before))
+            }
+            None => (outgoing_total, htlc.amount_msat),
+        };
+        if spending == 0 {
+            return Ok(());
+        }
+        self.check_payment_amount(payment_total)?;
+        self.check_velocity(state, spending)?;
+        state.spent.push(Spent {
+            at_secs: now,
+            amount_msat: spending,
+        });
+        Ok(())
+    }
+
+    fn check_payment_amount(&self, amount_msat: u64) -> Result<(), Refusal> {
+        match self.limits.max_payment_msat {
+            Some(max) if amount_msat > max => Err(Refusal::new(
+                "max_payment",
+                format!("payment of {amount_msat} msat exceeds the limit of {max} msat"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_velocity(&self, state: &SignerState, amount_msat: u64) -> Result<(), Refusal> {
+        let Some(max) = self.limits.max_outgoing_msat_per_hour else {
+            return Ok(());
+        };
+        let spent = state
+            .spent
+            .iter()
+            .map(|s| s.amount_msat)
+            .fold(0u64, u64::saturating_add);
+        let total = spent.saturating_add(amount_msat);
+        if total > max {
+            return Err(Refusal::new(
+                "velocity",
+                format!(
+                    "{amount_msat} msat more would make {total} msat in the last hour, above the limit of {max} msat"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The peer signed our commitment `view.number`: remember the newest, and the HTLCs
+    /// offered to us in it.
+    pub fn validate_holder_commitment(
+        &self,
+        state: &mut SignerState,
+        keys_id: &KeysId,
+        view: &CommitmentView,
+    ) {
+        let channel = state.channels.entry(*keys_id).or_default();
+        if channel
+            .last_validated_holder
+            .is_none_or(|last| view.number <= last)
+        {
+            channel.last_validated_holder = Some(view.number);
+            channel.incoming_holder = view.incoming.clone();
+        }
+    }
+
+    /// Releasing the secret of holder commitment `idx` revokes it; LDK does so once commitment
+    /// `idx - 1` is signed by the peer, and the signer lets it only then, so the node always
+    /// holds a commitment it can broadcast.
+    pub fn release_commitment_secret(
+        &self,
+        state: &mut SignerState,
+        keys_id: &KeysId,
+        idx: u64,
+    ) -> Result<(), Refusal> {
+        let channel = state.channels.entry(*keys_id).or_default();
+        match (channel.last_validated_holder, idx.checked_sub(1)) {
+            (Some(validated), Some(next)) if validated <= next => {
+                channel.min_released_secret =
+                    Some(channel.min_released_secret.map_or(idx, |m| m.min(idx)));
+                Ok(())
+            }
+            (validated, _) => Err(Refusal::new(
+                "secret_before_next_commitment",
+                format!(
+                    "secret {idx} asked for, but the newest validated holder commitment is {}",
+                    validated.map_or("none".to_string(), |v| v.to_string())
+                ),
+            )),
+        }
+    }
+
+    /// A holder commitment whose secret was released is revoked: broadcasting it loses the
+    /// channel's funds to the peer.
+    pub fn sign_holder_commitment(
+        &self,
+        state: &SignerState,
+        keys_id: &KeysId,
+        number: u64,
+    ) -> Result<(), Refusal> {
+        match state
+            .channels
+            .get(keys_id)
+            .and_then(|c| c.min_released_secret)
+        {
+            Some(released) if number >= released => Err(Refusal::new(
+                "revoked_holder_commitment",
+                format!(
+                    "holder commitment {number} is revoked (secrets released down to {released})"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every script must be the signer's own (`own`) or explicitly allowed.
+    pub fn check_destinations<'a>(
+        &self,
+        own: &HashSet<ScriptBuf>,
+        scripts: impl IntoIterator<Item = &'a Script>,
+    ) -> Result<(), Refusal> {
+        for script in scripts {
+            if !own.contains(script) && !self.allowed_scripts.contains(script) {
+                return Err(Refusal::new(
+                    "destination_not_allowed",
+                    format!(
+                        "output script {} is neither the signer's wallet nor allowed",
+                        script.as_bytes().to_lower_hex_string()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn check_fee(&self, fee_sat: u64, what: &str) -> Result<(), Refusal> {
+        match self.limits.max_fee_sat {
+            Some(max) if fee_sat > max => Err(Refusal::new(
+                "max_fee",
+                format!("{what} pays {fee_sat} sat in fees, above the cap of {max} sat"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Limits of an outgoing payment about to be sent (the approval hook is asked after this).
+    pub fn check_payment(
+        &self,
+        state: &mut SignerState,
+        payment: &PaymentApproval,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        prune(state, now);
+        self.check_payment_amount(payment.amount_msat)?;
+        self.check_velocity(state, payment.amount_msat)
+    }
+
+    /// Counts an approved payment once, here, so its HTLCs are not counted again.
+    pub fn record_approved(&self, state: &mut SignerState, payment: &PaymentApproval, now: u64) {
+        state.spent.push(Spent {
+            at_secs: now,
+            amount_msat: payment.amount_msat,
+        });
+        let entry = state
+            .approved
+            .entry(payment.payment_hash)
+            .or_insert(ApprovedPayment {
+                amount_msat: 0,
+                used_msat: 0,
+                approved_at_secs: now,
+            });
+        // A retry after failed HTLCs needs budget for its own HTLCs.
+        entry.amount_msat = entry.amount_msat.saturating_add(payment.amount_msat);
+        entry.approved_at_secs = now;
+    }
+
+    pub fn check_peer(&self, peer: &PublicKey) -> Result<(), Refusal> {
+        match &self.allowed_peers {
+            Some(allowed) if !allowed.contains(peer) => Err(Refusal::new(
+                "peer_not_allowed",
+                format!("channel opens with {peer} are not allowed"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Forgets spending older than the window and approvals past their lifetime.
+fn prune(state: &mut SignerState, now: u64) {
+    state
+        .spent
+        .retain(|s| s.at_secs.saturating_add(WINDOW_SECS) > now);
+    state
+        .approved
+        .retain(|_, a| a.approved_at_secs.saturating_add(APPROVAL_TTL_SECS) > now);
+}
+
+/// Entries of `current` not in `previous`, counting duplicates (two equal HTLCs are two).
+fn new_entries(previous: &[HtlcEntry], current: &[HtlcEntry]) -> Vec<HtlcEntry> {
+    let mut left: BTreeMap<HtlcEntry, usize> = BTreeMap::new();
+    for entry in previous {
+        *left.entry(*entry).or_default() += 1;
+    }
+    current
+        .iter()
+        .filter(|entry| match left.get_mut(entry) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        })
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn htlc(hash: u8, amount_msat: u64) -> HtlcEntry {
+        HtlcEntry {
+            payment_hash: [hash; 32],
+            amount_msat,
+            cltv_expiry: 500,
+        }
+    }
+
+    fn view(number: u64, outgoing: Vec<HtlcEntry>) -> CommitmentView {
+        CommitmentView {
+            number,
+            txid: [number as u8; 32],
+            outgoing,
+            incoming: vec![],
+        }
+    }
+
+    fn limited() -> Policy {
+        Policy::new(PolicyLimits {
+            max_payment_msat: Some(10_000),
+            max_outgoing_msat_per_hour: Some(15_000),
+            max_fee_sat: Some(1_000),
+        })
+    }
+
+    #[test]
+    fn new_entries_counts_duplicates() {
+        let a = htlc(1, 5);
+        assert_eq!(new_entries(&[a], &[a, a]), vec![a]);
+        assert_eq!(new_entries(&[a, a], &[a]), vec![]);
+        assert_eq!(new_entries(&[], &[a]), vec![a]);
+    }
+
+    #[test]
+    fn an_htlc_is_counted_once_while_it_stays() {
+        let policy = limited();
+        let mut state = SignerState::default();
+        let id = [1; 32];
+        let a = htlc(1, 8_000);
+        policy
+            .sign_counterparty_commitment(&mut state, &id, &view(100, vec![a]), 0)
+            .expect("first");
+        // Still in flight in the next commitment: not new spending.
+        policy
+            .sign_counterparty_commitment(&mut state, &id, &view(99, vec![a]), 1)
+            .expect("same htlc");
+        assert_eq!(state.spent.len(), 1);
+        // A second one would make 16_000 in the hour.
+        let err = policy
+            .sign_counterparty_commitment(&mut state, &id, &view(98, vec![a, htlc(2, 8_000)]), 2)
+            .unwrap_err();
+        assert_eq!(err.rule, "velocity");
+    }
+
+    #[test]
+    fn velocity_window_rolls() {
+        let policy = limited();
+        let mut state = SignerState::default();
+        let id = [1; 32];
+        policy
+            .sign_counterparty_commitment(&mut state, &id, &view(100, vec![htlc(1, 9_000)]), 0)
+            .expect("first");
+        let next = view(99, vec![htlc(2, 9_000)]);
+        let mut early = state.clone();
+        assert_eq!(
+            policy
+                .sign_counterparty_commitment(&mut early, &id, &next, WINDOW_SECS - 1)
+                .unwrap_err()
+                .rule,
+            "velocity"
+        );
+        policy
+            .sign_counterparty_commitment(&mut state, &id, &next, WINDOW_SECS)
+            .expect("an hour later");
+    }
+
+    #[test]
+    fn approved_payment_is_not_counted_twice_but_its_excess_is() {
+        let policy = limited();
+        let mut state = SignerState::default();
+        let dest = PublicKey::from_slice(&[2; 33]).expect("point");
+        let payment = PaymentApproval {
+            payment_hash: [3; 32],
+            amount_msat: 9_000,
+            destination: dest,
+        };
+        policy.check_payment(&mut state, &payment, 0).expect("ok");
+        policy.record_approved(&mut state, &payment, 0);
+        let id = [1; 32];
+        policy
+            .sign_counterparty_commitment(&mut state, &id, &view(100, vec![htlc(3, 9_000)]), 1)
+            .expect("approved htlc");
+        assert_eq!(state.spent.len(), 1, "counted once, at approval");
+        // A second HTLC under the same hash goes beyond the approval: it is spending.
+        let err = policy
+            .sign_counterparty_commitment(
+                &mut state,
+                &id,
+                &view(99, vec![htlc(3, 9_000), htlc(3, 9_000)]),
+                2,
+            )
+            .unwrap_err();
+        assert_eq!(err.rule, "max_payment");
+    }
+
+    #[test]
+    fn release_needs_the_next_holder_commitment() {
+        let policy = limited();
+        let mut state = SignerState::default();
+        let id = [1; 32];
+        let top = (1u64 << 48) - 1;
+        assert!(policy
+            .release_commitment_secret(&mut state, &id, top)
+            .is_err());
+        policy.validate_holder_commitment(&mut state, &id, &view(top - 1, vec![]));
+        policy
+            .release_commitment_secret(&mut state, &id, top)
+            .expect("next validated");
+        assert!(policy
+            .release_commitment_secret(&mut state, &id, top - 1)
+            .is_err());
+        assert!(policy
+            .release_commitment_secret(&mut state, &id, 0)
+            .is_err());
+        assert_eq!(
+            policy
+                .sign_holder_commitment(&state, &id, top)
+                .unwrap_err()
+                .rule,
+            "revoked_holder_commitment"
+        );
+        policy
+            .sign_holder_commitment(&state, &id, top - 1)
+            .expect("current one");
+    }
+
+    #[test]
+    fn peers_and_fees() {
+        let mut policy = limited();
+        let peer = PublicKey::from_slice(&[2; 33]).expect("point");
+        policy.check_peer(&peer).expect("any peer by default");
+        policy.allowed_peers = Some(HashSet::new());
+        assert_eq!(
+            policy.check_peer(&peer).unwrap_err().rule,
+            "peer_not_allowed"
+        );
+        policy.allowed_peers = Some([peer].into_iter().collect());
+        policy.check_peer(&peer).expect("listed");
+        policy.check_fee(1_000, "x").expect("at cap");
+        assert_eq!(policy.check_fee(1_001, "x").unwrap_err().rule, "max_fee");
+    }
+}
