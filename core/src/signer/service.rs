@@ -8,17 +8,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bdk_wallet::descriptor::{Descriptor, DescriptorPublicKey};
 use bitcoin::bech32::Fe32;
-use bitcoin::bip32::{ChildNumber, Xpriv};
+use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::{All, Message, PublicKey, Scalar, Secp256k1, SecretKey};
-use bitcoin::{absolute::LockTime, Network, Psbt, ScriptBuf, Transaction, TxOut};
+use bitcoin::{
+    absolute::LockTime, CompressedPublicKey, Network, Psbt, ScriptBuf, Transaction, TxOut,
+};
 use lightning::ln::chan_utils::{
     make_funding_redeemscript, ChannelTransactionParameters, ClosingTransaction,
     CommitmentTransaction, HTLCOutputInCommitment, HolderCommitmentTransaction,
@@ -110,11 +110,11 @@ impl SeedSigner {
         let secp = Secp256k1::new();
         let wallet = SeedWalletSigner::new(seed, network)?;
         let (external, internal) = wallet.descriptors()?;
-        let own_wallet = wallet_scripts(&[&external, &internal], policy.wallet_lookahead)?;
-        let shutdown_script = wallet_scripts(&[&internal], 1)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| SetupError::Keys("wallet has no address".into()))?;
+        let (receive, change) =
+            wallet_scripts(seed, network, policy.wallet_lookahead.max(1), &secp)?;
+        // Closed and swept funds land on the wallet's first change address.
+        let shutdown_script = change[0].clone();
+        let own_wallet: HashSet<ScriptBuf> = receive.into_iter().chain(change).collect();
         let handover = Handover {
             node_id,
             inbound_payment_key: inbound_payment_key(seed, &secp)?,
@@ -452,7 +452,7 @@ impl SeedSigner {
             }
             Request::Ecdh { other_key, tweak } => {
                 let tweak = tweak
-                    .map(|t| Scalar::from_be_bytes(t))
+                    .map(Scalar::from_be_bytes)
                     .transpose()
                     .map_err(|_| self.malformed(kind, "tweak is not a scalar"))?;
                 self.keys
@@ -897,21 +897,40 @@ fn inbound_payment_key(seed: &[u8; 32], secp: &Secp256k1<All>) -> Result<[u8; 32
     Ok(key.private_key.secret_bytes())
 }
 
-/// The first `count` scripts of each descriptor.
-fn wallet_scripts(descriptors: &[&str], count: u32) -> Result<HashSet<ScriptBuf>, SetupError> {
-    let err = |e: String| SetupError::Keys(format!("wallet descriptor: {e}"));
-    let mut scripts = HashSet::new();
-    for text in descriptors {
-        let descriptor =
-            Descriptor::<DescriptorPublicKey>::from_str(text).map_err(|e| err(e.to_string()))?;
-        for index in 0..count {
-            let definite = descriptor
-                .at_derivation_index(index)
-                .map_err(|e| err(e.to_string()))?;
-            scripts.insert(definite.script_pubkey());
-        }
-    }
-    Ok(scripts)
+/// The first `count` scripts of the wallet's external and internal chains, as
+/// [`SeedWalletSigner`] derives them (`wpkh(m/84'/coin'/0'/chain/i)`). Derived with plain BIP32
+/// rather than through the descriptor: a thousand addresses per chain must be cheap.
+fn wallet_scripts(
+    seed: &[u8; 32],
+    network: Network,
+    count: u32,
+    secp: &Secp256k1<All>,
+) -> Result<(Vec<ScriptBuf>, Vec<ScriptBuf>), SetupError> {
+    let err = |e: bitcoin::bip32::Error| SetupError::Keys(e.to_string());
+    let coin = if network == Network::Bitcoin { 0 } else { 1 };
+    let master = Xpriv::new_master(network, seed).map_err(err)?;
+    let path = [
+        ChildNumber::from_hardened_idx(84).map_err(err)?,
+        ChildNumber::from_hardened_idx(coin).map_err(err)?,
+        ChildNumber::from_hardened_idx(0).map_err(err)?,
+    ];
+    let account = Xpub::from_priv(secp, &master.derive_priv(secp, &path).map_err(err)?);
+    let chain = |index: u32| -> Result<Vec<ScriptBuf>, SetupError> {
+        let chain = account
+            .ckd_pub(secp, ChildNumber::from_normal_idx(index).map_err(err)?)
+            .map_err(err)?;
+        (0..count)
+            .map(|i| {
+                let child = chain
+                    .ckd_pub(secp, ChildNumber::from_normal_idx(i).map_err(err)?)
+                    .map_err(err)?;
+                Ok(ScriptBuf::new_p2wpkh(
+                    &CompressedPublicKey(child.public_key).wpubkey_hash(),
+                ))
+            })
+            .collect()
+    };
+    Ok((chain(0)?, chain(1)?))
 }
 
 #[cfg(test)]
@@ -931,6 +950,7 @@ mod tests {
 
     use super::*;
     use crate::signer::config::PolicyLimits;
+    use crate::signer::policy::DEFAULT_WALLET_LOOKAHEAD as DEFAULT_LOOKAHEAD;
     use crate::signer::state::{FileStateStore, MemoryStateStore};
 
     const SEED: [u8; 32] = [11; 32];
@@ -1185,7 +1205,39 @@ mod tests {
             secret(&ldk.get_expanded_key())
         );
         assert!(signer.own_scripts.contains(&handover.shutdown_script));
-        assert!(handover.wallet_descriptors.0.starts_with("wpkh("));
+        // The fast derivation agrees with the wallet's descriptors.
+        for (text, chain) in [
+            (&handover.wallet_descriptors.0, 0),
+            (&handover.wallet_descriptors.1, 1),
+        ] {
+            let descriptor = <bdk_wallet::descriptor::Descriptor<
+                bdk_wallet::descriptor::DescriptorPublicKey,
+            > as std::str::FromStr>::from_str(text)
+            .expect("descriptor");
+            for index in [0, 1, DEFAULT_LOOKAHEAD - 1] {
+                let script = descriptor
+                    .at_derivation_index(index)
+                    .expect("index")
+                    .script_pubkey();
+                assert!(
+                    signer.own_scripts.contains(&script),
+                    "chain {chain} index {index}"
+                );
+            }
+            let beyond = descriptor
+                .at_derivation_index(DEFAULT_LOOKAHEAD)
+                .expect("index")
+                .script_pubkey();
+            assert!(!signer.own_scripts.contains(&beyond));
+        }
+        let change0 = <bdk_wallet::descriptor::Descriptor<
+            bdk_wallet::descriptor::DescriptorPublicKey,
+        > as std::str::FromStr>::from_str(&handover.wallet_descriptors.1)
+        .expect("descriptor")
+        .at_derivation_index(0)
+        .expect("index")
+        .script_pubkey();
+        assert_eq!(handover.shutdown_script, change0);
     }
 
     #[test]
