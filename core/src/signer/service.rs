@@ -1309,6 +1309,53 @@ mod tests {
     }
 
     #[test]
+    fn gossip_is_signed_only_for_this_node() {
+        use lightning::util::ser::Writeable;
+        let signer = signer();
+        let announcement = |node: PublicKey| UnsignedNodeAnnouncement {
+            features: lightning::types::features::NodeFeatures::empty(),
+            timestamp: 1_700_000_000,
+            node_id: NodeId::from_pubkey(&node),
+            rgb: [1, 2, 3],
+            alias: lightning::routing::gossip::NodeAlias([b'f'; 32]),
+            addresses: vec![],
+            excess_address_data: vec![],
+            excess_data: vec![],
+        };
+        let ours = announcement(signer.node_id());
+        let sig = match signer.handle(Request::SignGossip {
+            msg_type: NODE_ANNOUNCEMENT,
+            msg: ours.encode(),
+        }) {
+            Ok(Response::Signature(sig)) => sig,
+            other => panic!("{other:?}"),
+        };
+        let digest = bitcoin::hashes::sha256d::Hash::hash(&ours.encode());
+        Secp256k1::new()
+            .verify_ecdsa(
+                &Message::from_digest(digest.to_byte_array()),
+                &sig,
+                &signer.node_id(),
+            )
+            .expect("gossip signature verifies");
+        let stranger = PublicKey::from_secret_key(
+            &Secp256k1::new(),
+            &SecretKey::from_slice(&[6; 32]).expect("key"),
+        );
+        refused(
+            signer.handle(Request::SignGossip {
+                msg_type: NODE_ANNOUNCEMENT,
+                msg: announcement(stranger).encode(),
+            }),
+            "gossip_not_ours",
+        );
+        malformed(signer.handle(Request::SignGossip {
+            msg_type: 999,
+            msg: ours.encode(),
+        }));
+    }
+
+    #[test]
     fn counterparty_commitment_signatures_verify_and_old_ones_are_refused() {
         let signer = signer();
         let ch = Channel::open(&signer, 1);
