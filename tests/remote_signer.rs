@@ -127,10 +127,8 @@ fn process_memory(pid: u32) -> Vec<u8> {
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
-        let (Ok(start), Ok(end)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-        ) else {
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
             continue;
         };
         let mut chunk = vec![0u8; (end - start) as usize];
@@ -175,10 +173,7 @@ async fn signer_policy_memory_and_crash() {
     let chain_json = dir.join("regtest").join("regtest.json");
 
     let aliases = ["p0", "p1", "x"];
-    let seeds: Vec<PathBuf> = aliases
-        .iter()
-        .map(|a| write_seed(&dir, a))
-        .collect();
+    let seeds: Vec<PathBuf> = aliases.iter().map(|a| write_seed(&dir, a)).collect();
     let nodes: Vec<(&str, &Path)> = aliases
         .iter()
         .zip(&seeds)
@@ -258,7 +253,11 @@ async fn signer_policy_memory_and_crash() {
         channel_to(v, &p1).map(|c| c["usable"] == true) == Some(true)
     })
     .await;
-    let out = |v: &Value| channel_to(v, &p1).unwrap()["outbound_msat"].as_u64().unwrap();
+    let out = |v: &Value| {
+        channel_to(v, &p1).unwrap()["outbound_msat"]
+            .as_u64()
+            .unwrap()
+    };
     let start_msat = out(&host.must(req("channels", "p0")).await);
 
     // Per-payment limit: refused before any HTLC exists; the payment row says why.
@@ -309,9 +308,24 @@ async fn signer_policy_memory_and_crash() {
     }
     assert!(secrets.len() >= 3 * 4 + 2 * 5);
     // The scan itself works: a secret planted in a buffer is found.
-    assert_eq!(found_in(&[&[0u8; 5][..], &secrets[0].1, &[1u8; 7]].concat(), &secrets).len(), 1);
-    assert_eq!(found_in(&memory, &secrets), Vec::<String>::new(), "in host memory");
-    assert_eq!(found_in(&db, &secrets), Vec::<String>::new(), "in the host database");
+    assert_eq!(
+        found_in(
+            &[&[0u8; 5][..], &secrets[0].1, &[1u8; 7]].concat(),
+            &secrets
+        )
+        .len(),
+        1
+    );
+    assert_eq!(
+        found_in(&memory, &secrets),
+        Vec::<String>::new(),
+        "in host memory"
+    );
+    assert_eq!(
+        found_in(&db, &secrets),
+        Vec::<String>::new(),
+        "in the host database"
+    );
 
     // The signer dies mid-payment and comes back: the payment completes or fails cleanly.
     let before = out(&host.must(req("channels", "p0")).await);

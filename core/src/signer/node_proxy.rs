@@ -283,19 +283,11 @@ impl NodeSigner for RemoteKeys {
         if let Recipient::PhantomNode = recipient {
             return Err(());
         }
-        // LDK exposes the invoice's bech32 form only when signed: a placeholder signature
-        // carries it; the signer parses it, checks what it is asked to sign, and hashes it itself.
-        let placeholder = RecoverableSignature::from_compact(
-            &[1u8; 64],
-            bitcoin::secp256k1::ecdsa::RecoveryId::from_i32(0).map_err(|_| ())?,
-        )
-        .map_err(|_| ())?;
-        let encoded = invoice
-            .clone()
-            .sign::<_, ()>(|_| Ok(placeholder))
-            .map_err(|_| ())?
-            .to_string();
-        let request = Request::SignInvoice { invoice: encoded };
+        let (hrp, data) = invoice.to_raw();
+        let request = Request::SignInvoice {
+            hrp,
+            data: data.into_iter().map(u8::from).collect(),
+        };
         match self.live(request)? {
             Response::RecoverableSignature(sig) => Ok(sig),
             _ => Err(()),

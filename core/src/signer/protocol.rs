@@ -151,10 +151,11 @@ pub enum Request {
         other_key: PublicKey,
         tweak: Option<[u8; 32]>,
     },
-    /// A BOLT11 invoice in bech32 with a placeholder signature: the signer parses it, checks
-    /// it, and signs the hash it computes itself.
+    /// A BOLT11 invoice as `RawBolt11Invoice::to_raw` gives it (data as 5-bit values): the
+    /// signer rebuilds it, can check it, and signs the hash it computes itself.
     SignInvoice {
-        invoice: String,
+        hrp: String,
+        data: Vec<u8>,
     },
     /// An unsigned gossip message in LDK's serialization, with its message type.
     SignGossip {

@@ -8,16 +8,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bdk_wallet::descriptor::{Descriptor, DescriptorPublicKey};
-use bitcoin::bip32::{ChildNumber, Xpriv};
+use bitcoin::bech32::Fe32;
+use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::{All, Message, PublicKey, Scalar, Secp256k1, SecretKey};
-use bitcoin::{absolute::LockTime, Network, Psbt, ScriptBuf, Transaction, TxOut};
+use bitcoin::{
+    absolute::LockTime, CompressedPublicKey, Network, Psbt, ScriptBuf, Transaction, TxOut,
+};
 use lightning::ln::chan_utils::{
     make_funding_redeemscript, ChannelTransactionParameters, ClosingTransaction,
     CommitmentTransaction, HTLCOutputInCommitment, HolderCommitmentTransaction,
@@ -33,7 +34,7 @@ use lightning::sign::{
     Recipient, SignerProvider, SpendableOutputDescriptor,
 };
 use lightning::util::ser::LengthReadable;
-use lightning_invoice::SignedRawBolt11Invoice;
+use lightning_invoice::RawBolt11Invoice;
 
 use super::policy::{ApprovalHook, CommitmentView, PaymentApproval, Policy, Refusal};
 use super::protocol::{
@@ -109,11 +110,11 @@ impl SeedSigner {
         let secp = Secp256k1::new();
         let wallet = SeedWalletSigner::new(seed, network)?;
         let (external, internal) = wallet.descriptors()?;
-        let own_wallet = wallet_scripts(&[&external, &internal], policy.wallet_lookahead)?;
-        let shutdown_script = wallet_scripts(&[&internal], 1)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| SetupError::Keys("wallet has no address".into()))?;
+        let (receive, change) =
+            wallet_scripts(seed, network, policy.wallet_lookahead.max(1), &secp)?;
+        // Closed and swept funds land on the wallet's first change address.
+        let shutdown_script = change[0].clone();
+        let own_wallet: HashSet<ScriptBuf> = receive.into_iter().chain(change).collect();
         let handover = Handover {
             node_id,
             inbound_payment_key: inbound_payment_key(seed, &secp)?,
@@ -451,7 +452,7 @@ impl SeedSigner {
             }
             Request::Ecdh { other_key, tweak } => {
                 let tweak = tweak
-                    .map(|t| Scalar::from_be_bytes(t))
+                    .map(Scalar::from_be_bytes)
                     .transpose()
                     .map_err(|_| self.malformed(kind, "tweak is not a scalar"))?;
                 self.keys
@@ -459,11 +460,16 @@ impl SeedSigner {
                     .map(|s| Response::SharedSecret(s.secret_bytes()))
                     .map_err(|()| ldk("compute the shared secret"))
             }
-            Request::SignInvoice { invoice } => {
-                let signed = SignedRawBolt11Invoice::from_str(&invoice)
+            Request::SignInvoice { hrp, data } => {
+                let data = data
+                    .into_iter()
+                    .map(Fe32::try_from)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| self.malformed(kind, "invoice data is not 5-bit values"))?;
+                let raw = RawBolt11Invoice::from_raw(&hrp, &data)
                     .map_err(|e| self.malformed(kind, format!("invoice: {e}")))?;
                 self.keys
-                    .sign_invoice(signed.raw_invoice(), Recipient::Node)
+                    .sign_invoice(&raw, Recipient::Node)
                     .map(Response::RecoverableSignature)
                     .map_err(|()| ldk("sign the invoice"))
             }
@@ -902,21 +908,40 @@ fn inbound_payment_key(seed: &[u8; 32], secp: &Secp256k1<All>) -> Result<[u8; 32
     Ok(key.private_key.secret_bytes())
 }
 
-/// The first `count` scripts of each descriptor.
-fn wallet_scripts(descriptors: &[&str], count: u32) -> Result<HashSet<ScriptBuf>, SetupError> {
-    let err = |e: String| SetupError::Keys(format!("wallet descriptor: {e}"));
-    let mut scripts = HashSet::new();
-    for text in descriptors {
-        let descriptor =
-            Descriptor::<DescriptorPublicKey>::from_str(text).map_err(|e| err(e.to_string()))?;
-        for index in 0..count {
-            let definite = descriptor
-                .at_derivation_index(index)
-                .map_err(|e| err(e.to_string()))?;
-            scripts.insert(definite.script_pubkey());
-        }
-    }
-    Ok(scripts)
+/// The first `count` scripts of the wallet's external and internal chains, as
+/// [`SeedWalletSigner`] derives them (`wpkh(m/84'/coin'/0'/chain/i)`). Derived with plain BIP32
+/// rather than through the descriptor: a thousand addresses per chain must be cheap.
+fn wallet_scripts(
+    seed: &[u8; 32],
+    network: Network,
+    count: u32,
+    secp: &Secp256k1<All>,
+) -> Result<(Vec<ScriptBuf>, Vec<ScriptBuf>), SetupError> {
+    let err = |e: bitcoin::bip32::Error| SetupError::Keys(e.to_string());
+    let coin = if network == Network::Bitcoin { 0 } else { 1 };
+    let master = Xpriv::new_master(network, seed).map_err(err)?;
+    let path = [
+        ChildNumber::from_hardened_idx(84).map_err(err)?,
+        ChildNumber::from_hardened_idx(coin).map_err(err)?,
+        ChildNumber::from_hardened_idx(0).map_err(err)?,
+    ];
+    let account = Xpub::from_priv(secp, &master.derive_priv(secp, &path).map_err(err)?);
+    let chain = |index: u32| -> Result<Vec<ScriptBuf>, SetupError> {
+        let chain = account
+            .ckd_pub(secp, ChildNumber::from_normal_idx(index).map_err(err)?)
+            .map_err(err)?;
+        (0..count)
+            .map(|i| {
+                let child = chain
+                    .ckd_pub(secp, ChildNumber::from_normal_idx(i).map_err(err)?)
+                    .map_err(err)?;
+                Ok(ScriptBuf::new_p2wpkh(
+                    &CompressedPublicKey(child.public_key).wpubkey_hash(),
+                ))
+            })
+            .collect()
+    };
+    Ok((chain(0)?, chain(1)?))
 }
 
 #[cfg(test)]
@@ -936,6 +961,7 @@ mod tests {
 
     use super::*;
     use crate::signer::config::PolicyLimits;
+    use crate::signer::policy::DEFAULT_WALLET_LOOKAHEAD as DEFAULT_LOOKAHEAD;
     use crate::signer::state::{FileStateStore, MemoryStateStore};
 
     const SEED: [u8; 32] = [11; 32];
@@ -1090,7 +1116,7 @@ mod tests {
         ) -> Result<Response, SignerError> {
             signer.handle(Request::ValidateHolderCommitment {
                 keys_id: self.keys_id,
-                params: self.params.clone(),
+                params: Some(self.params.clone()),
                 tx,
                 outbound_preimages: vec![],
             })
@@ -1190,7 +1216,39 @@ mod tests {
             secret(&ldk.get_expanded_key())
         );
         assert!(signer.own_scripts.contains(&handover.shutdown_script));
-        assert!(handover.wallet_descriptors.0.starts_with("wpkh("));
+        // The fast derivation agrees with the wallet's descriptors.
+        for (text, chain) in [
+            (&handover.wallet_descriptors.0, 0),
+            (&handover.wallet_descriptors.1, 1),
+        ] {
+            let descriptor = <bdk_wallet::descriptor::Descriptor<
+                bdk_wallet::descriptor::DescriptorPublicKey,
+            > as std::str::FromStr>::from_str(text)
+            .expect("descriptor");
+            for index in [0, 1, DEFAULT_LOOKAHEAD - 1] {
+                let script = descriptor
+                    .at_derivation_index(index)
+                    .expect("index")
+                    .script_pubkey();
+                assert!(
+                    signer.own_scripts.contains(&script),
+                    "chain {chain} index {index}"
+                );
+            }
+            let beyond = descriptor
+                .at_derivation_index(DEFAULT_LOOKAHEAD)
+                .expect("index")
+                .script_pubkey();
+            assert!(!signer.own_scripts.contains(&beyond));
+        }
+        let change0 = <bdk_wallet::descriptor::Descriptor<
+            bdk_wallet::descriptor::DescriptorPublicKey,
+        > as std::str::FromStr>::from_str(&handover.wallet_descriptors.1)
+        .expect("descriptor")
+        .at_derivation_index(0)
+        .expect("index")
+        .script_pubkey();
+        assert_eq!(handover.shutdown_script, change0);
     }
 
     #[test]
@@ -1259,6 +1317,53 @@ mod tests {
             )),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn gossip_is_signed_only_for_this_node() {
+        use lightning::util::ser::Writeable;
+        let signer = signer();
+        let announcement = |node: PublicKey| UnsignedNodeAnnouncement {
+            features: lightning::types::features::NodeFeatures::empty(),
+            timestamp: 1_700_000_000,
+            node_id: NodeId::from_pubkey(&node),
+            rgb: [1, 2, 3],
+            alias: lightning::routing::gossip::NodeAlias([b'f'; 32]),
+            addresses: vec![],
+            excess_address_data: vec![],
+            excess_data: vec![],
+        };
+        let ours = announcement(signer.node_id());
+        let sig = match signer.handle(Request::SignGossip {
+            msg_type: NODE_ANNOUNCEMENT,
+            msg: ours.encode(),
+        }) {
+            Ok(Response::Signature(sig)) => sig,
+            other => panic!("{other:?}"),
+        };
+        let digest = bitcoin::hashes::sha256d::Hash::hash(&ours.encode());
+        Secp256k1::new()
+            .verify_ecdsa(
+                &Message::from_digest(digest.to_byte_array()),
+                &sig,
+                &signer.node_id(),
+            )
+            .expect("gossip signature verifies");
+        let stranger = PublicKey::from_secret_key(
+            &Secp256k1::new(),
+            &SecretKey::from_slice(&[6; 32]).expect("key"),
+        );
+        refused(
+            signer.handle(Request::SignGossip {
+                msg_type: NODE_ANNOUNCEMENT,
+                msg: announcement(stranger).encode(),
+            }),
+            "gossip_not_ours",
+        );
+        malformed(signer.handle(Request::SignGossip {
+            msg_type: 999,
+            msg: ours.encode(),
+        }));
     }
 
     #[test]

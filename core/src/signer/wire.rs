@@ -224,8 +224,9 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
             other_key: other_key.serialize().to_vec(),
             tweak: tweak.map(|t| t.to_vec()),
         }),
-        Request::SignInvoice { invoice } => Body::SignInvoice(proto::SignInvoice {
-            invoice: invoice.clone(),
+        Request::SignInvoice { hrp, data } => Body::SignInvoice(proto::SignInvoice {
+            hrp: hrp.clone(),
+            data: data.clone(),
         }),
         Request::SignGossip { msg_type, msg } => Body::SignGossip(proto::SignGossip {
             msg_type: u32::from(*msg_type),
@@ -376,7 +377,10 @@ fn decode_body(body: Body) -> Result<Request, SignerError> {
                 .map(|t| bytes32(t, "tweak"))
                 .transpose()?,
         },
-        Body::SignInvoice(m) => Request::SignInvoice { invoice: m.invoice },
+        Body::SignInvoice(m) => Request::SignInvoice {
+            hrp: m.hrp,
+            data: m.data,
+        },
         Body::SignGossip(m) => Request::SignGossip {
             msg_type: u16::try_from(m.msg_type)
                 .map_err(|_| SignerError::Malformed(format!("gossip type {}", m.msg_type)))?,
@@ -744,7 +748,7 @@ mod tests {
             Request::ReleaseCommitmentSecret { keys_id, idx: 77 },
             Request::ValidateHolderCommitment {
                 keys_id,
-                params: params(),
+                params: Some(params()),
                 tx: holder_commitment(),
                 outbound_preimages: vec![PaymentPreimage([1; 32]), PaymentPreimage([2; 32])],
             },
