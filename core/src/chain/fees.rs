@@ -45,7 +45,9 @@ struct SmartFee {
 
 impl FeeCache {
     /// Asks the chain node for estimates: `estimatesmartfee` (bitcoind), else `estimatefee`
-    /// (btcd, BTC/kvB, -1 when unknown). Keeps the fallbacks where neither knows.
+    /// (btcd, BTC/kvB, -1 when unknown). Uses the fallbacks where neither knows. When the chain
+    /// node cannot be reached, keeps the current values and stops at the first failed call, so
+    /// a down or hung node costs one call timeout, not six.
     pub async fn refresh(&self, rpc: &RpcClient) {
         for (slot, blocks, fallback) in [
             (&self.urgent, 2u16, FALLBACK_URGENT),
@@ -53,11 +55,22 @@ impl FeeCache {
             (&self.background, 144, FALLBACK_BACKGROUND),
         ] {
             let btc_per_kvb = match self.smart_fee(rpc, blocks).await {
-                Some(rate) => rate,
-                None => rpc
+                Ok(Some(rate)) => rate,
+                Ok(None) => match rpc
                     .call::<f64>("estimatefee", serde_json::json!([blocks]))
                     .await
-                    .ok(),
+                {
+                    Ok(rate) => Some(rate),
+                    Err(e) if e.is_unreachable() => {
+                        tracing::info!(error = %e, "fee estimates kept: chain node unreachable");
+                        return;
+                    }
+                    Err(_) => None,
+                },
+                Err(e) => {
+                    tracing::info!(error = %e, "fee estimates kept: chain node unreachable");
+                    return;
+                }
             };
             let sat_per_kw = btc_per_kvb
                 .filter(|r| r.is_finite() && *r > 0.0)
@@ -70,25 +83,30 @@ impl FeeCache {
         }
     }
 
-    /// `Some(estimate)` from `estimatesmartfee` (the estimate itself may be absent), or `None`
-    /// when the chain node cannot answer it.
-    async fn smart_fee(&self, rpc: &RpcClient, blocks: u16) -> Option<Option<f64>> {
+    /// `Ok(Some(estimate))` from `estimatesmartfee` (the estimate itself may be absent),
+    /// `Ok(None)` when the chain node does not offer it, `Err` when it cannot be reached.
+    async fn smart_fee(
+        &self,
+        rpc: &RpcClient,
+        blocks: u16,
+    ) -> Result<Option<Option<f64>>, RpcError> {
         if self.no_smart_fee.load(Ordering::Relaxed) {
-            return None;
+            return Ok(None);
         }
         match rpc
             .call::<SmartFee>("estimatesmartfee", serde_json::json!([blocks]))
             .await
         {
-            Ok(fee) => Some(fee.feerate),
+            Ok(fee) => Ok(Some(fee.feerate)),
             Err(RpcError::Rpc {
                 code: METHOD_NOT_FOUND,
                 ..
             }) => {
                 self.no_smart_fee.store(true, Ordering::Relaxed);
-                None
+                Ok(None)
             }
-            Err(_) => None,
+            Err(e) if e.is_unreachable() => Err(e),
+            Err(_) => Ok(None),
         }
     }
 }

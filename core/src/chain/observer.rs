@@ -24,6 +24,11 @@ use super::listener::TrackedListener;
 use super::rpc::{RpcClient, RpcConfig, RpcError};
 use super::source::RpcBlockSource;
 
+/// Longest wait between two polls of a chain node that does not answer (the wait doubles from
+/// the poll interval up to this). Once the chain node is back, nodes learn of its new blocks
+/// within this plus one poll interval plus the time to fetch the blocks.
+pub const MAX_POLL_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Why the observer could not start or a node could not join.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -47,6 +52,10 @@ pub struct ObserverStats {
     pub getblock_calls: u64,
     pub getblockheader_calls: u64,
     pub nodes: usize,
+    /// Polls of the chain node that failed, since start.
+    pub poll_failures: u64,
+    /// Polls failed in a row up to now; non-zero while the chain node is unreachable.
+    pub consecutive_poll_failures: u64,
 }
 
 /// Every node's listener; delivers each block to all of them by reference (no copy per node).
@@ -57,6 +66,8 @@ struct Fanout {
     connected: AtomicU64,
     disconnected: AtomicU64,
     deliveries: AtomicU64,
+    poll_failures: AtomicU64,
+    consecutive_poll_failures: AtomicU64,
 }
 
 impl Fanout {
@@ -263,6 +274,11 @@ impl ChainObserver {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .len(),
+            poll_failures: self.fanout.poll_failures.load(Ordering::Relaxed),
+            consecutive_poll_failures: self
+                .fanout
+                .consecutive_poll_failures
+                .load(Ordering::Relaxed),
         }
     }
 }
@@ -304,9 +320,13 @@ async fn run(
 ) {
     let mut cache = HeaderCache::new(2016);
     cache.block_connected(tip.header.block_hash(), tip);
+    let backoff_cap = MAX_POLL_BACKOFF.max(poll_interval);
     let mut backoff = poll_interval;
-    let mut ticker = tokio::time::interval(poll_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The next poll is a deadline rather than a sleep inside the poll branch, so that nodes
+    // joining or syncing while the chain node is down get their (typed) answer at once
+    // instead of waiting out the backoff.
+    let next_poll = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(next_poll);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -334,11 +354,15 @@ async fn run(
                     fanout.listeners.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 }
             },
-            _ = ticker.tick() => {
+            () = &mut next_poll => {
                 let poller = ChainPoller::new(SourceRef(source.clone()), network);
                 let mut client = SpvClient::new(tip, poller, &mut cache, &*fanout);
-                match client.poll_best_tip().await {
+                let delay = match client.poll_best_tip().await {
                     Ok((_, changed)) => {
+                        let failed = fanout.consecutive_poll_failures.swap(0, Ordering::Relaxed);
+                        if failed > 0 {
+                            tracing::info!(failed_polls = failed, "chain node reachable again");
+                        }
                         backoff = poll_interval;
                         if changed {
                             let best = fanout.best.read().unwrap_or_else(|p| p.into_inner()).map(|b| b.block_hash);
@@ -347,13 +371,18 @@ async fn run(
                             }
                             fees.refresh(source.rpc()).await;
                         }
+                        poll_interval
                     }
                     Err(e) => {
-                        tracing::warn!(error = ?e.into_inner(), retry_in = ?backoff, "chain poll failed");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        fanout.poll_failures.fetch_add(1, Ordering::Relaxed);
+                        let failed = fanout.consecutive_poll_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::warn!(error = ?e.into_inner(), failed_polls = failed, retry_in = ?backoff, "chain poll failed");
+                        let delay = backoff;
+                        backoff = (backoff * 2).min(backoff_cap);
+                        delay
                     }
-                }
+                };
+                next_poll.as_mut().reset(tokio::time::Instant::now() + delay);
             }
         }
     }

@@ -76,6 +76,15 @@ impl RpcError {
             RpcError::BadUrl(_) | RpcError::BadCa { .. } | RpcError::Unauthorized
         )
     }
+
+    /// The chain node could not be reached or did not answer (down, restarting, hung): the
+    /// request may never have arrived, so sending it again later is the remedy.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            RpcError::Connect { .. } | RpcError::Io(_) | RpcError::Timeout(_)
+        )
+    }
 }
 
 /// JSON-RPC client; cheap to clone, counts calls per method.
@@ -133,7 +142,7 @@ impl RpcClient {
         self.inner
             .calls
             .lock()
-            .unwrap()
+            .unwrap_or_else(|p| p.into_inner())
             .get(method)
             .copied()
             .unwrap_or(0)
@@ -149,7 +158,7 @@ impl RpcClient {
             .inner
             .calls
             .lock()
-            .unwrap()
+            .unwrap_or_else(|p| p.into_inner())
             .entry(method.to_string())
             .or_default() += 1;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);

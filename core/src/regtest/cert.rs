@@ -25,11 +25,16 @@ pub(crate) fn generate() -> Result<CertPem, RegtestError> {
 /// their paths.
 pub(crate) fn write(dir: &Path) -> Result<(PathBuf, PathBuf), RegtestError> {
     let pem = generate()?;
-    let cert_path = dir.join("rpc.cert");
-    let key_path = dir.join("rpc.key");
+    let (cert_path, key_path) = paths(dir);
     write_file(&key_path, pem.key.as_bytes(), 0o600)?;
     write_file(&cert_path, pem.cert.as_bytes(), 0o644)?;
     Ok((cert_path, key_path))
+}
+
+/// Where [`write`] puts the certificate and the key; a restart reuses them, so clients that
+/// already trust the certificate keep working.
+pub(crate) fn paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("rpc.cert"), dir.join("rpc.key"))
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RegtestError> {

@@ -45,6 +45,8 @@ pub enum RegtestError {
     NotRunning { path: PathBuf, pid: u32 },
     #[error("a regtest btcd is already running from {path} (pid {pid}); `flotilla regtest down` stops it")]
     AlreadyRunning { path: PathBuf, pid: u32 },
+    #[error("no saved chain in {0}: restart follows stop_keep_data")]
+    NoSavedChain(PathBuf),
     #[error("btcd (pid {0}) did not exit after stop and kill")]
     StopFailed(u32),
     #[error(transparent)]

@@ -6,8 +6,9 @@
 //! it), [`Regtest::spawn_owned`] stops it when the handle is dropped so tests leak nothing.
 //! Either way `DIR/regtest.json` ([`RegtestInfo`]) tells other processes how to reach it.
 //!
-//! btcd deletes its regtest block database on every start, so each start begins a new chain
-//! at height 0; only a running btcd keeps its chain.
+//! btcd (v0.26.0, `loadBlockDB`) deletes its regtest block database on every start, so each
+//! start begins a new chain at height 0. [`Regtest::stop_keep_data`] and [`Regtest::restart`]
+//! carry a chain across a restart by saving its blocks and submitting them again.
 
 mod cert;
 mod error;
@@ -16,6 +17,7 @@ mod info;
 mod install;
 mod peers;
 mod process;
+mod restart;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -29,6 +31,7 @@ pub use error::RegtestError;
 pub use funding::{harness_address, FEE_RATE_SAT_PER_VB};
 pub use info::{RegtestInfo, INFO_FILE};
 pub use install::{cache_bin_dir, ensure_btcd, installed_btcd, BTCD_VERSION};
+pub use restart::SAVED_CHAIN_FILE;
 
 use crate::chain::rpc::{RpcClient, RpcConfig};
 use funding::Coins;
@@ -260,21 +263,10 @@ impl Regtest {
     }
 
     /// Stops btcd: RPC `stop`, then SIGTERM and SIGKILL if it does not exit in time, and
-    /// removes `regtest.json`. The chain is gone with it (btcd wipes regtest data on start).
+    /// removes `regtest.json`. The chain is gone with it (btcd wipes regtest data on start;
+    /// [`Regtest::stop_keep_data`] keeps it).
     pub async fn stop(mut self) -> Result<(), RegtestError> {
-        let pid = self.info.pid;
-        let layout = Layout {
-            dir: self.dir.clone(),
-        };
-        if let Err(e) = self.rpc.call::<serde_json::Value>("stop", json!([])).await {
-            if !process::is_unreachable(&e) {
-                tracing::warn!("RPC stop failed ({e}); signalling btcd instead");
-            }
-        }
-        let mut child = self.child.take();
-        process::wait_exit_or_kill(child.as_mut(), pid, &layout, process::STOP_GRACE).await?;
-        info::remove_if_pid(&self.dir, pid);
-        Ok(())
+        self.stop_process().await
     }
 }
 

@@ -110,6 +110,24 @@ pub(crate) async fn start(
     }))
 }
 
+/// Starts btcd on the given ports (a restart keeps its address) and waits until its RPC
+/// answers through `client`.
+pub(crate) async fn start_at(
+    launch: &Launch<'_>,
+    rpc_addr: SocketAddr,
+    p2p_addr: SocketAddr,
+    client: &RpcClient,
+) -> Result<Child, RegtestError> {
+    let mut child = spawn(launch, rpc_addr, p2p_addr)?;
+    match wait_ready(&mut child, client, launch.layout).await {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            kill_now(&mut child);
+            Err(e)
+        }
+    }
+}
+
 fn free_port_pair() -> Result<(SocketAddr, SocketAddr), RegtestError> {
     let bind = || {
         TcpListener::bind("127.0.0.1:0")
@@ -343,8 +361,5 @@ pub(crate) fn is_our_btcd(pid: u32, layout: &Layout) -> bool {
 
 /// Whether an RPC error means "nobody is listening" rather than a real failure.
 pub(crate) fn is_unreachable(e: &RpcError) -> bool {
-    matches!(
-        e,
-        RpcError::Connect { .. } | RpcError::Io(_) | RpcError::Timeout(_)
-    )
+    e.is_unreachable()
 }
