@@ -116,8 +116,8 @@ async fn pay(from: &Node, to: &Node, what: &str) {
 
 /// Two nodes with a confirmed, usable channel from A to B.
 async fn two_nodes_with_a_channel(host: &Host, chain: &Regtest) -> (Arc<Node>, Arc<Node>) {
-    let a = host.add_node("a", &signer(1)).await.unwrap();
-    let b = host.add_node("b", &signer(2)).await.unwrap();
+    let a = host.add_node("a", signer(1).link()).await.unwrap();
+    let b = host.add_node("b", signer(2).link()).await.unwrap();
     chain
         .send(&a.new_address().unwrap(), Amount::from_sat(CHANNEL_SAT * 2))
         .await
@@ -233,7 +233,7 @@ async fn btcd_down_mid_run_then_back() {
     // A node joining now cannot sync: a typed error, promptly (the observer is not stuck in
     // its backoff), and nothing half-written that would stop it joining later.
     let joining = Instant::now();
-    match host.add_node("c", &signer(3)).await {
+    match host.add_node("c", signer(3).link()).await {
         Err(HostError::Chain(ChainError::Sync { .. })) => {}
         Err(e) => panic!("unexpected error adding a node during the outage: {e}"),
         Ok(_) => panic!("a node joined without a chain node"),
@@ -312,7 +312,7 @@ async fn btcd_down_mid_run_then_back() {
     .await;
 
     // The node refused during the outage joins now, at the tip, and payments still work.
-    let c = host.add_node("c", &signer(3)).await.unwrap();
+    let c = host.add_node("c", signer(3).link()).await.unwrap();
     assert!(at(&c, new_tip));
     pay(&a, &b, "payment after the outage").await;
 
