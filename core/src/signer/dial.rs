@@ -282,9 +282,11 @@ async fn next(
     stop: &mut watch::Receiver<bool>,
     stats: &DialStats,
 ) -> Next {
+    // Stop first: once told to stop, take no new request even if some are waiting.
     let message = tokio::select! {
-        message = inbound.message() => message,
+        biased;
         _ = stopped(stop) => return Next::End(Ended::Stopped),
+        message = inbound.message() => message,
     };
     match message {
         Ok(Some(HubMessage { msg: Some(msg) })) => Next::Message(msg),

@@ -1,0 +1,504 @@
+//! The signer protocol end to end: real gRPC over TLS on loopback, a hub and dialing signers
+//! whose keys come from LDK's `KeysManager`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::ecdh::SharedSecret;
+use bitcoin::secp256k1::ecdsa::Signature;
+use bitcoin::secp256k1::{PublicKey, Scalar, Secp256k1, SecretKey};
+use bitcoin::ScriptBuf;
+use flotilla_core::signer::dial::{serve_with_stats, DialConfig, DialError, DialStats};
+use flotilla_core::signer::hub::SignerHub;
+use flotilla_core::signer::link::{SignerLink, Transport};
+use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
+use flotilla_core::signer::tls::HubTls;
+use flotilla_core::signer::wire::challenge_digest;
+use lightning::sign::{KeysManager, NodeSigner, Recipient};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// A signer for one node key, from a seed. It may claim another node id (to test refusal).
+struct TestSigner {
+    keys: KeysManager,
+    claimed: PublicKey,
+    /// Sequence numbers of `SignMessage` requests, in the order they were handled.
+    seen: Mutex<Vec<u64>>,
+}
+
+impl TestSigner {
+    fn new(seed: u8) -> Arc<TestSigner> {
+        let keys = KeysManager::new(&[seed; 32], 1, 0, true);
+        let claimed = keys.get_node_id(Recipient::Node).unwrap();
+        Arc::new(TestSigner {
+            keys,
+            claimed,
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Holds `seed`'s key but says it is `claimed`.
+    fn impostor(seed: u8, claimed: PublicKey) -> Arc<TestSigner> {
+        let keys = KeysManager::new(&[seed; 32], 1, 0, true);
+        Arc::new(TestSigner {
+            keys,
+            claimed,
+            seen: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn secret(&self) -> SecretKey {
+        self.keys.get_node_secret_key()
+    }
+}
+
+impl Handler for TestSigner {
+    fn node_id(&self) -> PublicKey {
+        self.claimed
+    }
+
+    fn handover(&self) -> Handover {
+        Handover {
+            node_id: self.claimed,
+            inbound_payment_key: [1; 32],
+            peer_storage_key: [2; 32],
+            receive_auth_key: [3; 32],
+            wallet_descriptors: ("wpkh(external)".into(), "wpkh(internal)".into()),
+            shutdown_script: ScriptBuf::from_bytes(vec![0x51]),
+        }
+    }
+
+    fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature {
+        Secp256k1::new().sign_ecdsa(&challenge_digest(challenge), &self.secret())
+    }
+
+    fn handle(&self, request: Request) -> Result<Response, SignerError> {
+        match request {
+            Request::Ecdh { other_key, tweak } => {
+                let tweak = tweak
+                    .map(|t| {
+                        Scalar::from_be_bytes(t).map_err(|_| SignerError::Malformed("tweak".into()))
+                    })
+                    .transpose()?;
+                let secret = self
+                    .keys
+                    .ecdh(Recipient::Node, &other_key, tweak.as_ref())
+                    .map_err(|_| SignerError::Refused("ecdh failed".into()))?;
+                Ok(Response::SharedSecret(secret.secret_bytes()))
+            }
+            Request::SignMessage { msg } => {
+                let seq = u64::from_le_bytes(
+                    msg.get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .unwrap_or_default(),
+                );
+                if msg.ends_with(b"slow") {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                self.seen.lock().unwrap().push(seq);
+                Ok(Response::Message(seq.to_string()))
+            }
+            other => Err(SignerError::Refused(format!(
+                "{} is not served in this test",
+                other.kind()
+            ))),
+        }
+    }
+}
+
+fn point(i: u32) -> PublicKey {
+    let mut bytes = [0u8; 32];
+    bytes[28..].copy_from_slice(&(i + 1).to_be_bytes());
+    bytes[0] = 0x11;
+    PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&bytes).unwrap())
+}
+
+/// ECDH computed here from the secret key, independently of the signer's code.
+fn expected_ecdh(secret: &SecretKey, other: &PublicKey, tweak: Option<[u8; 32]>) -> [u8; 32] {
+    let secret = match tweak {
+        Some(t) => secret
+            .mul_tweak(&Scalar::from_be_bytes(t).unwrap())
+            .unwrap(),
+        None => *secret,
+    };
+    SharedSecret::new(other, &secret).secret_bytes()
+}
+
+struct Host {
+    hub: Arc<SignerHub>,
+    tls: HubTls,
+}
+
+impl Host {
+    async fn start() -> Host {
+        let tls = HubTls::generate(&["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let hub = SignerHub::start("127.0.0.1:0".parse().unwrap(), &tls)
+            .await
+            .unwrap();
+        Host { hub, tls }
+    }
+
+    fn config(&self) -> DialConfig {
+        DialConfig {
+            host_url: format!("https://127.0.0.1:{}", self.hub.local_addr().port()),
+            ca_pem: self.tls.ca_pem().to_vec(),
+        }
+    }
+}
+
+struct Signer {
+    stop: watch::Sender<bool>,
+    stats: Arc<DialStats>,
+    task: JoinHandle<Result<(), DialError>>,
+}
+
+impl Signer {
+    fn spawn(config: DialConfig, handlers: Vec<Arc<TestSigner>>) -> Signer {
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::new(DialStats::default());
+        let handlers = handlers
+            .into_iter()
+            .map(|h| h as Arc<dyn Handler>)
+            .collect();
+        let task = tokio::spawn(serve_with_stats(config, handlers, stop_rx, stats.clone()));
+        Signer { stop, stats, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "serve did not return Ok on stop"
+        );
+    }
+}
+
+async fn wait_attached(transport: &Arc<dyn Transport>, want: bool) {
+    let mut attached = transport.attached();
+    tokio::time::timeout(Duration::from_secs(15), attached.wait_for(|a| *a == want))
+        .await
+        .unwrap_or_else(|_| panic!("attached never became {want}"))
+        .unwrap();
+}
+
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn message(seq: u64, slow: bool) -> Request {
+    let mut msg = seq.to_le_bytes().to_vec();
+    if slow {
+        msg.extend_from_slice(b"slow");
+    }
+    Request::SignMessage { msg }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_the_right_node_in_order_over_one_connection() {
+    let host = Host::start().await;
+    let (a, c) = (TestSigner::new(1), TestSigner::new(2));
+    let ta = host.hub.register(a.node_id());
+    let tc = host.hub.register(c.node_id());
+    assert!(!*ta.attached().borrow());
+    assert!(host.hub.handover(&a.node_id()).borrow().is_none());
+    let signer = Signer::spawn(host.config(), vec![a.clone(), c.clone()]);
+    wait_attached(&ta, true).await;
+    wait_attached(&tc, true).await;
+    let handover = host.hub.handover(&a.node_id()).borrow().clone().unwrap();
+    assert_eq!(handover.node_id, a.node_id());
+    assert_eq!(handover.wallet_descriptors.0, "wpkh(external)");
+
+    // ECDH answered by each node's own key.
+    let link_a = SignerLink::new(a.node_id(), ta.clone());
+    let link_c = SignerLink::new(c.node_id(), tc.clone());
+    let other = point(7);
+    let tweak = Some([9u8; 32]);
+    for (link, signer_key) in [(&link_a, a.secret()), (&link_c, c.secret())] {
+        match link
+            .call(Request::Ecdh {
+                other_key: other,
+                tweak,
+            })
+            .await
+        {
+            Ok(Response::SharedSecret(s)) => {
+                assert_eq!(s, expected_ecdh(&signer_key, &other, tweak))
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // A signer error travels back typed.
+    let refused = link_a.call(Request::NewChannelKeys { count: 1 }).await;
+    assert!(matches!(refused, Err(SignerError::Refused(r)) if r.contains("new_channel_keys")));
+
+    // Round-trip latency of one call.
+    let rounds = 300;
+    let started = Instant::now();
+    for i in 0..rounds {
+        let answer = link_a
+            .call(Request::Ecdh {
+                other_key: point(i),
+                tweak: None,
+            })
+            .await;
+        assert!(matches!(answer, Ok(Response::SharedSecret(_))));
+    }
+    let each = started.elapsed() / rounds;
+    eprintln!("signer hub: one call round trip over TLS loopback: {each:?} (mean of {rounds})");
+
+    // Many requests sent at once are handled in the order sent.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for seq in 0..500u64 {
+        let tx = tx.clone();
+        ta.send(
+            message(seq, false),
+            Box::new(move |r| {
+                let _ = tx.send((seq, r));
+            }),
+        );
+    }
+    for _ in 0..500 {
+        let (seq, answer) = rx.recv().await.unwrap();
+        assert!(matches!(answer, Ok(Response::Message(m)) if m == seq.to_string()));
+    }
+    assert_eq!(*a.seen.lock().unwrap(), (0..500u64).collect::<Vec<_>>());
+    assert!(c.seen.lock().unwrap().is_empty());
+    assert!(signer.stats.answered() >= 2 + 1 + rounds as u64 + 500);
+    assert_eq!(signer.stats.attaches(), 2);
+
+    signer.stop().await;
+    wait_attached(&ta, false).await;
+    wait_attached(&tc, false).await;
+    host.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_in_flight_are_answered_under_their_own_ids() {
+    let host = Host::start().await;
+    let a = TestSigner::new(3);
+    let ta = host.hub.register(a.node_id());
+    let signer = Signer::spawn(host.config(), vec![a.clone()]);
+    wait_attached(&ta, true).await;
+
+    for in_flight in [1_000u32, 10_000] {
+        let expected: Vec<_> = (0..in_flight)
+            .map(|i| expected_ecdh(&a.secret(), &point(i), None))
+            .collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let started = Instant::now();
+        for i in 0..in_flight {
+            let tx = tx.clone();
+            ta.send(
+                Request::Ecdh {
+                    other_key: point(i),
+                    tweak: None,
+                },
+                Box::new(move |r| {
+                    let _ = tx.send((i, r));
+                }),
+            );
+        }
+        let mut answered = HashSet::new();
+        for _ in 0..in_flight {
+            let (i, answer) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            match answer {
+                Ok(Response::SharedSecret(s)) => assert_eq!(s, expected[i as usize], "request {i}"),
+                other => panic!("request {i}: {other:?}"),
+            }
+            assert!(answered.insert(i), "request {i} answered twice");
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "signer hub: {in_flight} ECDH calls in flight at once: {elapsed:?}, {:.0} calls/s",
+            f64::from(in_flight) / elapsed.as_secs_f64()
+        );
+    }
+    signer.stop().await;
+    host.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impostors_and_unregistered_nodes_are_refused() {
+    let host = Host::start().await;
+    let b = TestSigner::new(5);
+    let tb = host.hub.register(b.node_id());
+    // Holds key 4, claims node B.
+    let impostor = Signer::spawn(host.config(), vec![TestSigner::impostor(4, b.node_id())]);
+    wait_until("the impostor's refusal", || impostor.stats.refusals() >= 2).await;
+    assert!(!*tb.attached().borrow());
+    assert!(host.hub.handover(&b.node_id()).borrow().is_none());
+    assert_eq!(impostor.stats.attaches(), 0);
+    let reason = impostor.stats.last_error().unwrap();
+    assert!(reason.contains("does not verify"), "{reason}");
+    let answer = SignerLink::new(b.node_id(), tb.clone())
+        .call(message(1, false))
+        .await;
+    assert!(matches!(answer, Err(SignerError::Unavailable)));
+    impostor.stop().await;
+
+    // A real key the host does not know is refused, and attaches once registered (the
+    // signer keeps retrying).
+    let d = TestSigner::new(6);
+    let stranger = Signer::spawn(host.config(), vec![d.clone()]);
+    wait_until("the stranger's refusal", || stranger.stats.refusals() >= 1).await;
+    let reason = stranger.stats.last_error().unwrap();
+    assert!(reason.contains("not registered"), "{reason}");
+    assert_eq!(stranger.stats.attaches(), 0);
+    let td = host.hub.register(d.node_id());
+    wait_attached(&td, true).await;
+    let answer = SignerLink::new(d.node_id(), td.clone())
+        .call(message(2, false))
+        .await;
+    assert!(matches!(answer, Ok(Response::Message(m)) if m == "2"));
+
+    // Unregistering ends the stream and refuses the node again.
+    let refusals = stranger.stats.refusals();
+    host.hub.unregister(&d.node_id());
+    wait_attached(&td, false).await;
+    wait_until("refusal after unregister", || {
+        stranger.stats.refusals() > refusals
+    })
+    .await;
+    assert!(matches!(
+        SignerLink::new(d.node_id(), td)
+            .call(message(3, false))
+            .await,
+        Err(SignerError::Unavailable)
+    ));
+    stranger.stop().await;
+    host.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_signer_detaches_and_a_restarted_one_reattaches() {
+    let host = Host::start().await;
+    let a = TestSigner::new(7);
+    let ta = host.hub.register(a.node_id());
+    let signer = Signer::spawn(host.config(), vec![a.clone()]);
+    wait_attached(&ta, true).await;
+
+    // One slow request keeps the rest waiting on the signer; then the signer stops.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for seq in 0..20u64 {
+        let tx = tx.clone();
+        ta.send(
+            message(seq, seq == 0),
+            Box::new(move |r| {
+                let _ = tx.send((seq, r));
+            }),
+        );
+    }
+    // The slow request takes 500 ms: stop the signer while it runs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(signer.stats.answered(), 0);
+    signer.stop().await;
+    wait_attached(&ta, false).await;
+    let mut unavailable = 0;
+    for _ in 0..20 {
+        let (seq, answer) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match answer {
+            Err(SignerError::Unavailable) => unavailable += 1,
+            Ok(Response::Message(m)) => assert_eq!(m, seq.to_string()),
+            other => panic!("request {seq}: {other:?}"),
+        }
+    }
+    assert!(
+        unavailable >= 19,
+        "only {unavailable} of 20 answered Unavailable"
+    );
+    // Detached: answered at once.
+    let link = SignerLink::new(a.node_id(), ta.clone());
+    assert!(matches!(
+        link.call(message(99, false)).await,
+        Err(SignerError::Unavailable)
+    ));
+
+    // Back again.
+    let again = Signer::spawn(host.config(), vec![a.clone()]);
+    wait_attached(&ta, true).await;
+    let other = point(3);
+    match link
+        .call(Request::Ecdh {
+            other_key: other,
+            tweak: None,
+        })
+        .await
+    {
+        Ok(Response::SharedSecret(s)) => assert_eq!(s, expected_ecdh(&a.secret(), &other, None)),
+        other => panic!("unexpected answer {other:?}"),
+    }
+
+    // A second signer for the same node takes over; the node stays attached.
+    let second = Signer::spawn(host.config(), vec![a.clone()]);
+    wait_until("the second attach", || second.stats.attaches() >= 1).await;
+    wait_until("the first stream's end", || {
+        again
+            .stats
+            .last_error()
+            .is_some_and(|e| e.contains("replaced"))
+    })
+    .await;
+    assert!(*ta.attached().borrow());
+    // With the first signer gone, the second one answers (after at most one backoff).
+    again.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match link.call(message(5, false)).await {
+            Ok(Response::Message(m)) => break assert_eq!(m, "5"),
+            Err(SignerError::Unavailable) => assert!(Instant::now() < deadline, "never answered"),
+            other => panic!("unexpected answer {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.stop().await;
+    wait_attached(&ta, false).await;
+
+    // Shutting the hub down detaches everything.
+    let last = Signer::spawn(host.config(), vec![a.clone()]);
+    wait_attached(&ta, true).await;
+    host.hub.shutdown().await;
+    wait_attached(&ta, false).await;
+    wait_until("the signer to notice", || last.stats.failures() >= 1).await;
+    last.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_with_another_ca_is_refused_at_tls() {
+    let host = Host::start().await;
+    let a = TestSigner::new(8);
+    let ta = host.hub.register(a.node_id());
+    let foreign = HubTls::generate(&["127.0.0.1".to_string()]).unwrap();
+    let mut config = host.config();
+    config.ca_pem = foreign.ca_pem().to_vec();
+    let signer = Signer::spawn(config, vec![a.clone()]);
+    wait_until("a TLS failure", || signer.stats.failures() >= 2).await;
+    let reason = signer.stats.last_error().unwrap();
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+    assert_eq!(signer.stats.attaches(), 0);
+    assert!(!*ta.attached().borrow());
+    signer.stop().await;
+
+    // Bad configuration is an error, not a retry loop.
+    let (_stop, stop_rx) = watch::channel(false);
+    let mut plain = host.config();
+    plain.host_url = plain.host_url.replace("https", "http");
+    let err = serve_with_stats(plain, vec![], stop_rx.clone(), Arc::default()).await;
+    assert!(matches!(err, Err(DialError::Url { .. })), "{err:?}");
+    let mut no_ca = host.config();
+    no_ca.ca_pem = b"nothing here".to_vec();
+    let err = serve_with_stats(no_ca, vec![], stop_rx, Arc::default()).await;
+    assert!(matches!(err, Err(DialError::Ca)), "{err:?}");
+    host.hub.shutdown().await;
+}
