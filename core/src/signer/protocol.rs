@@ -260,6 +260,15 @@ impl Request {
 /// replayed as any other message the node key signs.
 pub const CHALLENGE_TAG: &[u8] = b"flotilla/signer-attach/v1";
 
+/// The message a signer signs to attach: `sha256(CHALLENGE_TAG || challenge)`.
+pub fn challenge_digest(challenge: &[u8; 32]) -> bitcoin::secp256k1::Message {
+    use bitcoin::hashes::{sha256, Hash, HashEngine};
+    let mut engine = sha256::Hash::engine();
+    engine.input(CHALLENGE_TAG);
+    engine.input(challenge);
+    bitcoin::secp256k1::Message::from_digest(sha256::Hash::from_engine(engine).to_byte_array())
+}
+
 /// Answers requests for one node: the signer side of either transport.
 pub trait Handler: Send + Sync {
     fn node_id(&self) -> PublicKey;

@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::bech32::Fe32;
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
-use bitcoin::hashes::{sha256, Hash};
+use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::ecdsa::Signature;
-use bitcoin::secp256k1::{All, Message, PublicKey, Scalar, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{All, PublicKey, Scalar, Secp256k1, SecretKey};
 use bitcoin::{
     absolute::LockTime, CompressedPublicKey, Network, Psbt, ScriptBuf, Transaction, TxOut,
 };
@@ -39,7 +39,7 @@ use lightning_invoice::RawBolt11Invoice;
 use super::policy::{ApprovalHook, CommitmentView, PaymentApproval, Policy, Refusal};
 use super::protocol::{
     ChannelKeySet, ClosingParts, Handler, Handover, KeysId, Request, Response, SignerError,
-    CHALLENGE_TAG,
+    challenge_digest,
 };
 use super::state::{HtlcEntry, SignerState, StateError, StateStore};
 use super::wallet_keys::SeedWalletSigner;
@@ -849,7 +849,7 @@ impl Handler for SeedSigner {
 
     fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature {
         self.secp
-            .sign_ecdsa(&challenge_message(challenge), &self.node_secret)
+            .sign_ecdsa(&challenge_digest(challenge), &self.node_secret)
     }
 
     fn handle(&self, request: Request) -> Result<Response, SignerError> {
@@ -861,13 +861,6 @@ impl Handler for SeedSigner {
     }
 }
 
-/// The digest a signer signs to prove it holds the node key.
-pub fn challenge_message(challenge: &[u8; 32]) -> Message {
-    let mut engine = sha256::Hash::engine();
-    bitcoin::hashes::HashEngine::input(&mut engine, CHALLENGE_TAG);
-    bitcoin::hashes::HashEngine::input(&mut engine, challenge);
-    Message::from_digest(sha256::Hash::from_engine(engine).to_byte_array())
-}
 
 /// A mutex whose holder panicked is still consistent here: state is replaced only whole.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -960,6 +953,8 @@ mod tests {
     use lightning::types::payment::PaymentHash;
 
     use super::*;
+    use bitcoin::hashes::sha256;
+    use bitcoin::secp256k1::Message;
     use crate::signer::config::PolicyLimits;
     use crate::signer::policy::DEFAULT_WALLET_LOOKAHEAD as DEFAULT_LOOKAHEAD;
     use crate::signer::state::{FileStateStore, MemoryStateStore};
@@ -1257,10 +1252,10 @@ mod tests {
         let secp = Secp256k1::new();
         let challenge = [9; 32];
         let sig = signer.sign_challenge(&challenge);
-        secp.verify_ecdsa(&challenge_message(&challenge), &sig, &signer.node_id())
+        secp.verify_ecdsa(&challenge_digest(&challenge), &sig, &signer.node_id())
             .expect("challenge signature");
         assert!(secp
-            .verify_ecdsa(&challenge_message(&[8; 32]), &sig, &signer.node_id())
+            .verify_ecdsa(&challenge_digest(&[8; 32]), &sig, &signer.node_id())
             .is_err());
 
         let ldk = ldk_keys(&SEED);

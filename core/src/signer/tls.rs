@@ -107,6 +107,10 @@ impl HubTls {
 
     /// Writes the CA, certificate and key into `dir`, each file replaced whole.
     pub fn write(&self, dir: &Path) -> Result<(), TlsError> {
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+            context: format!("cannot create {}", dir.display()),
+            source,
+        })?;
         let write = |name: &str, pem: &str, mode| {
             let path = dir.join(name);
             write_file(&path, pem.as_bytes(), mode).map_err(|source| TlsError::Io {

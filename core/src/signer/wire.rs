@@ -6,9 +6,8 @@
 //! value that does not decode becomes [`SignerError::Malformed`], never a panic.
 
 use bitcoin::consensus::encode;
-use bitcoin::hashes::{sha256, Hash, HashEngine};
 use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
-use bitcoin::secp256k1::{Message, PublicKey};
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Psbt, ScriptBuf, Transaction, TxOut};
 use lightning::io::Cursor;
 use lightning::ln::chan_utils::{
@@ -20,7 +19,7 @@ use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::{Readable, ReadableArgs, Writeable};
 
 use super::protocol::{
-    ChannelKeySet, ClosingParts, Handover, Request, Response, SignerError, CHALLENGE_TAG,
+    ChannelKeySet, ClosingParts, Handover, Request, Response, SignerError,
 };
 
 /// The generated protobuf messages and the gRPC service.
@@ -33,12 +32,7 @@ use proto::request_envelope::Body;
 use proto::response_envelope::Result as Outcome;
 
 /// The digest a signer signs to prove it holds the node key: `sha256(CHALLENGE_TAG || challenge)`.
-pub fn challenge_digest(challenge: &[u8; 32]) -> Message {
-    let mut engine = sha256::Hash::engine();
-    engine.input(CHALLENGE_TAG);
-    engine.input(challenge);
-    Message::from_digest(sha256::Hash::from_engine(engine).to_byte_array())
-}
+pub use super::protocol::challenge_digest;
 
 // ---------------------------------------------------------------------------------------------
 // Handover
@@ -641,6 +635,8 @@ mod tests {
     use lightning::types::payment::PaymentHash;
 
     use super::*;
+    use bitcoin::hashes::{sha256, HashEngine};
+    use bitcoin::secp256k1::Message;
 
     fn secret(byte: u8) -> SecretKey {
         SecretKey::from_slice(&[byte; 32]).unwrap()
