@@ -18,6 +18,7 @@ use lightning::util::persist::{
 use lightning::util::ser::{ReadableArgs, Writeable};
 use tokio::task::JoinHandle;
 
+use super::background::Background;
 use super::error::HostError;
 use super::logger::LdkLogger;
 use super::node::{read_optional, Node, Shared};
@@ -37,6 +38,8 @@ pub struct HostConfig {
     pub poll_interval: Duration,
     /// Address nodes listen on (one port each).
     pub listen_ip: IpAddr,
+    /// How nodes' events, persistence and timers are run.
+    pub background: Background,
 }
 
 impl HostConfig {
@@ -47,6 +50,7 @@ impl HostConfig {
             network: Network::Regtest,
             poll_interval: Duration::from_millis(250),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            background: Background::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ impl Host {
             scorer: Arc::new(RwLock::new(scorer)),
             gossip,
             store,
+            background: config.background,
         };
         let host = Arc::new(Host {
             config,
@@ -111,10 +116,17 @@ impl Host {
             move || weak.upgrade().map(|h| h.nodes()).unwrap_or_default(),
             Duration::from_secs(2),
         ));
+        let mut tasks = vec![reconnect];
+        if host.config.background == Background::Shared {
+            let weak = Arc::downgrade(&host);
+            tasks.push(tokio::spawn(super::driver::tick_loop(move || {
+                weak.upgrade().map(|h| h.nodes()).unwrap_or_default()
+            })));
+        }
         host.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(reconnect);
+            .extend(tasks);
         Ok(host)
     }
 

@@ -2,6 +2,7 @@
 
 mod accept;
 mod background;
+mod driver;
 pub mod error;
 mod events;
 #[allow(clippy::module_inception)]
@@ -12,6 +13,7 @@ mod ops;
 mod peers;
 pub mod types;
 
+pub use background::Background;
 pub use error::HostError;
 pub use host::{Host, HostConfig};
 pub use node::{Node, PaymentOutcome};
