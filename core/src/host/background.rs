@@ -27,9 +27,10 @@ type NoGossip = GossipSync<
 pub enum Background {
     /// lightning-background-processor's async loop, one per node, each with its own timers:
     /// every node wakes at least every 10 s even when idle.
-    #[default]
     PerNode,
     /// Per-node tasks that wake only on their node's events, plus one host-wide timer task.
+    /// The default: lighter when idle (see ARCHITECTURE.md, "Background processing").
+    #[default]
     Shared,
 }
 
