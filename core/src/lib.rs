@@ -1,6 +1,7 @@
 //! Flotilla core: a host that runs many LDK nodes in one process, sharing one chain observer,
 //! one network graph and one database, with every key held by a signer on the customer's side.
 
+pub mod bench;
 pub mod chain;
 pub mod cli;
 pub mod host;

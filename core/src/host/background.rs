@@ -1,5 +1,5 @@
-//! A node's background work (events, persistence, timers) through
-//! lightning-background-processor's async loop: one tokio task per node, no thread.
+//! A node's background work (events, persistence, timers), in one of two modes: LDK's
+//! lightning-background-processor loop per node, or the shared driver ([`super::driver`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,7 +22,28 @@ type NoGossip = GossipSync<
     Arc<Logger>,
 >;
 
+/// How a host runs its nodes' background work (events, persistence, timers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Background {
+    /// lightning-background-processor's async loop, one per node, each with its own timers:
+    /// every node wakes at least every 10 s even when idle.
+    PerNode,
+    /// Per-node tasks that wake only on their node's events, plus one host-wide timer task.
+    /// The default: lighter when idle (see ARCHITECTURE.md, "Background processing").
+    #[default]
+    Shared,
+}
+
+/// A node's background task, in the host's mode.
 pub(crate) async fn run(node: Arc<Node>) {
+    match node.shared.background {
+        Background::PerNode => per_node(node).await,
+        Background::Shared => super::driver::drive(node).await,
+    }
+}
+
+/// lightning-background-processor's loop for one node, as one tokio task (no thread).
+async fn per_node(node: Arc<Node>) {
     let stop = node.stopped();
     let sleeper = move |d: Duration| {
         let mut stop = stop.clone();

@@ -18,6 +18,7 @@ use lightning::util::persist::{
 use lightning::util::ser::{ReadableArgs, Writeable};
 use tokio::task::JoinHandle;
 
+use super::background::Background;
 use super::error::HostError;
 use super::logger::LdkLogger;
 use super::node::{read_optional, Node, Shared};
@@ -39,6 +40,8 @@ pub struct HostConfig {
     pub listen_ip: IpAddr,
     /// How long a new node waits for its signer's first attach.
     pub signer_wait: Duration,
+    /// How nodes' events, persistence and timers are run.
+    pub background: Background,
 }
 
 impl HostConfig {
@@ -50,6 +53,7 @@ impl HostConfig {
             poll_interval: Duration::from_millis(250),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             signer_wait: Duration::from_secs(60),
+            background: Background::default(),
         }
     }
 }
@@ -102,6 +106,7 @@ impl Host {
             scorer: Arc::new(RwLock::new(scorer)),
             gossip,
             store,
+            background: config.background,
         };
         let host = Arc::new(Host {
             config,
@@ -114,10 +119,17 @@ impl Host {
             move || weak.upgrade().map(|h| h.nodes()).unwrap_or_default(),
             Duration::from_secs(2),
         ));
+        let mut tasks = vec![reconnect];
+        if host.config.background == Background::Shared {
+            let weak = Arc::downgrade(&host);
+            tasks.push(tokio::spawn(super::driver::tick_loop(move || {
+                weak.upgrade().map(|h| h.nodes()).unwrap_or_default()
+            })));
+        }
         host.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(reconnect);
+            .extend(tasks);
         Ok(host)
     }
 

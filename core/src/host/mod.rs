@@ -2,6 +2,7 @@
 
 mod accept;
 mod background;
+mod driver;
 pub mod error;
 mod events;
 mod handover;
@@ -14,6 +15,7 @@ mod parking;
 mod peers;
 pub mod types;
 
+pub use background::Background;
 pub use error::HostError;
 pub use host::{Host, HostConfig};
 pub use node::{Node, PaymentOutcome};

@@ -51,6 +51,7 @@ pub struct Shared {
     pub scorer: SharedScorer,
     pub gossip: Arc<GossipSync>,
     pub store: Store,
+    pub background: super::Background,
 }
 
 /// A running hosted node.

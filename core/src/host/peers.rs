@@ -67,19 +67,28 @@ impl Node {
         book.iter().map(|(peer, addr)| (*peer, *addr)).collect()
     }
 
-    /// Reconnects to known peers that this node has channels with but is not connected to.
-    pub(crate) async fn reconnect_peers(&self) {
+    /// Known peers this node has channels with but is not connected to (none while parked).
+    fn missing_peers(&self) -> Vec<(PublicKey, SocketAddr)> {
+        if !self.link.is_attached() {
+            return Vec::new();
+        }
         let counterparties: std::collections::HashSet<PublicKey> = self
             .channel_manager
             .list_channels()
             .iter()
             .map(|c| c.counterparty.node_id)
             .collect();
-        for (peer, addr) in self.known_peers() {
-            if counterparties.contains(&peer) && !self.is_connected(&peer) {
-                if let Err(e) = self.connect_once(peer, addr).await {
-                    tracing::debug!(node = %self.alias, %peer, error = %e, "reconnect failed");
-                }
+        self.known_peers()
+            .into_iter()
+            .filter(|(peer, _)| counterparties.contains(peer) && !self.is_connected(peer))
+            .collect()
+    }
+
+    /// Reconnects to `missing` peers.
+    async fn reconnect(&self, missing: Vec<(PublicKey, SocketAddr)>) {
+        for (peer, addr) in missing {
+            if let Err(e) = self.connect_once(peer, addr).await {
+                tracing::debug!(node = %self.alias, %peer, error = %e, "reconnect failed");
             }
         }
     }
@@ -99,13 +108,17 @@ pub(crate) fn load_address_book(kv: &dyn KVStoreSync) -> HashMap<PublicKey, Sock
 }
 
 /// One loop for the whole host (not a timer per node) that restores dropped peer connections.
-/// Each round tries every node at once, so one unreachable peer does not hold up the others.
+/// Each round checks every node in place and spawns work only for nodes missing a peer, all at
+/// once, so one unreachable peer does not hold up the others.
 pub(crate) async fn reconnect_loop(nodes: impl Fn() -> Vec<Arc<Node>>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let mut round = tokio::task::JoinSet::new();
         for node in nodes() {
-            round.spawn(async move { node.reconnect_peers().await });
+            let missing = node.missing_peers();
+            if !missing.is_empty() {
+                round.spawn(async move { node.reconnect(missing).await });
+            }
         }
         while round.join_next().await.is_some() {}
     }

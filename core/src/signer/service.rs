@@ -38,8 +38,8 @@ use lightning_invoice::RawBolt11Invoice;
 
 use super::policy::{ApprovalHook, CommitmentView, PaymentApproval, Policy, Refusal};
 use super::protocol::{
-    ChannelKeySet, ClosingParts, Handler, Handover, KeysId, Request, Response, SignerError,
-    challenge_digest,
+    challenge_digest, ChannelKeySet, ClosingParts, Handler, Handover, KeysId, Request, Response,
+    SignerError,
 };
 use super::state::{HtlcEntry, SignerState, StateError, StateStore};
 use super::wallet_keys::SeedWalletSigner;
@@ -861,7 +861,6 @@ impl Handler for SeedSigner {
     }
 }
 
-
 /// A mutex whose holder panicked is still consistent here: state is replaced only whole.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -953,11 +952,11 @@ mod tests {
     use lightning::types::payment::PaymentHash;
 
     use super::*;
-    use bitcoin::hashes::sha256;
-    use bitcoin::secp256k1::Message;
     use crate::signer::config::PolicyLimits;
     use crate::signer::policy::DEFAULT_WALLET_LOOKAHEAD as DEFAULT_LOOKAHEAD;
     use crate::signer::state::{FileStateStore, MemoryStateStore};
+    use bitcoin::hashes::sha256;
+    use bitcoin::secp256k1::Message;
 
     const SEED: [u8; 32] = [11; 32];
     const PEER_SEED: [u8; 32] = [22; 32];

@@ -18,9 +18,7 @@ use lightning::sign::{HTLCDescriptor, SpendableOutputDescriptor};
 use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::{Readable, ReadableArgs, Writeable};
 
-use super::protocol::{
-    ChannelKeySet, ClosingParts, Handover, Request, Response, SignerError,
-};
+use super::protocol::{ChannelKeySet, ClosingParts, Handover, Request, Response, SignerError};
 
 /// The generated protobuf messages and the gRPC service.
 #[allow(clippy::all, clippy::pedantic)]

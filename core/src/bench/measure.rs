@@ -1,0 +1,71 @@
+//! What the bench reads about its own process: CPU time, resident memory, open files.
+
+use std::time::Duration;
+
+/// User plus system CPU time this process has used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the zeroed struct we hand it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Resident set size in KiB (`VmRSS` of /proc/self/status), 0 where that is unavailable.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Raises the soft open-file limit to the hard one (every node holds a listening socket);
+/// returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: get/setrlimit only read and write the struct we hand them.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur as u64;
+        }
+    }
+    lim.rlim_cur as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = cpu_time();
+        let mut x: u64 = 1;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        assert!(cpu_time() > before, "50 ms of spinning used no CPU time");
+    }
+
+    #[test]
+    fn rss_is_read_and_fd_limit_is_positive() {
+        assert!(rss_kib() > 0);
+        assert!(raise_fd_limit() > 0);
+    }
+}

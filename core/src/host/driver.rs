@@ -1,0 +1,177 @@
+//! The shared background mode: each node's task sleeps on its LDK futures only (events,
+//! persistence, onion messages) and never on a timer; one host-wide task ticks every node's
+//! timers. An idle node then costs no wakeups at all, where lightning-background-processor's
+//! loop wakes every node every 10 s to check its own seven timers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lightning::events::{Event, ReplayEvent};
+use lightning::ln::msgs::OnionMessageHandler;
+use lightning::sign::EntropySource;
+use lightning::util::persist::{
+    KVStoreSync, CHANNEL_MANAGER_PERSISTENCE_KEY, CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
+    CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
+};
+use lightning::util::ser::Writeable;
+use tokio::time::Instant;
+
+use super::node::Node;
+
+/// The host-wide tick, as often as LDK's fastest timer (peer pings, onion messages).
+pub(crate) const TICK: Duration = Duration::from_secs(10);
+/// Ticks between channel-manager freshness ticks (60 s, as LDK asks).
+const FRESHNESS_TICKS: u64 = 6;
+/// Ticks between claim rebroadcasts and sweeper regeneration (30 s, as LDK's own loop).
+const REBROADCAST_TICKS: u64 = 3;
+/// Nodes ticked between yields, so one tick of 10,000 nodes does not hold a worker thread.
+const TICK_BATCH: usize = 64;
+/// Pause before replaying an event whose handling failed: LDK re-arms its future at once,
+/// which would otherwise spin the task while, say, the database stays unavailable.
+const REPLAY_PAUSE: Duration = Duration::from_millis(250);
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), ReplayEvent>> + Send>>;
+
+/// Runs one node's event handling, HTLC forwarding and channel-manager persistence until the
+/// node is stopped, then persists the channel manager a last time.
+pub(crate) async fn drive(node: Arc<Node>) {
+    let mut stop = node.stopped();
+    let failed = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let node = node.clone();
+        let failed = failed.clone();
+        move |event: Event| -> HandlerFuture {
+            let node = node.clone();
+            let failed = failed.clone();
+            Box::pin(async move {
+                super::events::handle(&node, event).await.map_err(|e| {
+                    tracing::warn!(node = %node.alias, error = %e, "event handling failed; will replay");
+                    failed.store(true, Ordering::Relaxed);
+                    ReplayEvent()
+                })
+            })
+        }
+    };
+    let cm = &node.channel_manager;
+    // What LDK's loop does on start: no tick may be missed for a node that joins mid-interval.
+    cm.timer_tick_occurred();
+    node.chain_monitor.rebroadcast_pending_claims();
+    let mut forwards_due: Option<Instant> = None;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        cm.process_pending_events_async(&handler).await;
+        node.chain_monitor
+            .process_pending_events_async(&handler)
+            .await;
+        node.onion_messenger
+            .process_pending_events_async(&handler)
+            .await;
+        // Last, as in LDK's loop: it may wait on the channel manager's locks.
+        node.peer_manager.process_events();
+
+        if cm.needs_pending_htlc_processing() {
+            let due = *forwards_due.get_or_insert_with(|| Instant::now() + forward_delay(&node));
+            if Instant::now() >= due {
+                cm.process_pending_htlc_forwards();
+                forwards_due = None;
+            }
+        } else {
+            forwards_due = None;
+        }
+
+        if cm.get_and_clear_needs_persistence() {
+            if let Err(e) = persist_manager(&node) {
+                // As LDK's loop: a node whose channel manager cannot be saved must not go on.
+                tracing::error!(node = %node.alias, error = %e, "persisting the channel manager failed; background processing stopped");
+                return;
+            }
+        }
+
+        if failed.swap(false, Ordering::Relaxed) {
+            tokio::select! {
+                _ = tokio::time::sleep(REPLAY_PAUSE) => {}
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
+        let forwards = async {
+            match forwards_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = cm.get_event_or_persistence_needed_future() => {}
+            _ = node.chain_monitor.get_update_future() => {}
+            _ = node.onion_messenger.get_update_future() => {}
+            _ = forwards => {}
+        }
+    }
+    // Like LDK's loop on exit: monitor updates may have raced the last regular persist.
+    if let Err(e) = persist_manager(&node) {
+        tracing::error!(node = %node.alias, error = %e, "final channel manager persist failed");
+    }
+}
+
+fn persist_manager(node: &Node) -> Result<(), lightning::io::Error> {
+    node.kv.write(
+        CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
+        CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
+        CHANNEL_MANAGER_PERSISTENCE_KEY,
+        node.channel_manager.encode(),
+    )
+}
+
+/// A random 20–120 ms wait before forwarding HTLCs: batches them, and (as LDK's own random
+/// delay) keeps forward timing from revealing the route.
+fn forward_delay(node: &Node) -> Duration {
+    let bytes = node.keys.get_secure_random_bytes();
+    let r = u16::from_le_bytes([bytes[0], bytes[1]]) as u64;
+    Duration::from_micros(20_000 + r * 100_000 / u16::MAX as u64)
+}
+
+/// Ticks every running node's timers, the work LDK's loop does on its own timers per node:
+/// peer pings and onion-message expiry every tick, channel-manager freshness every minute,
+/// claim rebroadcasts and sweeper spends every 30 s.
+pub(crate) async fn tick_loop(nodes: impl Fn() -> Vec<Arc<Node>>) {
+    let mut ticker = tokio::time::interval_at(Instant::now() + TICK, TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        ticker.tick().await;
+        ticks += 1;
+        for (i, node) in nodes().iter().enumerate() {
+            tick_node(node, ticks);
+            if i % TICK_BATCH == TICK_BATCH - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+fn tick_node(node: &Node, ticks: u64) {
+    node.peer_manager.timer_tick_occurred();
+    node.onion_messenger.timer_tick_occurred();
+    if ticks.is_multiple_of(FRESHNESS_TICKS) {
+        node.channel_manager.timer_tick_occurred();
+    }
+    if ticks.is_multiple_of(REBROADCAST_TICKS) {
+        node.chain_monitor.rebroadcast_pending_claims();
+        if node
+            .sweeper
+            .regenerate_and_broadcast_spend_if_necessary()
+            .is_err()
+        {
+            tracing::warn!(node = %node.alias, "sweeper could not regenerate its spends");
+        }
+    }
+    // Timers queue messages (pings, channel updates); send them now, not at the next event.
+    node.peer_manager.process_events();
+}
