@@ -62,7 +62,14 @@ pub struct SignerHub {
     registry: Arc<Registry>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
     server: Mutex<Option<JoinHandle<Result<(), tonic::transport::Error>>>>,
+    /// The hub's own threads. LDK calls some signer methods synchronously while holding its
+    /// locks, and the host's workers may all be blocked on those locks: answers must arrive on
+    /// threads LDK cannot block, or a live request would wait for itself.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
+
+/// Threads of the hub's runtime: enough for TLS and decoding; signing happens elsewhere.
+const HUB_THREADS: usize = 2;
 
 impl SignerHub {
     /// Listens on `listen` (port 0 picks one; see [`SignerHub::local_addr`]) with `tls`.
@@ -71,8 +78,19 @@ impl SignerHub {
             addr: listen,
             source,
         };
-        let listener = TcpListener::bind(listen).await.map_err(bind)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(HUB_THREADS)
+            .thread_name("signer-hub")
+            .enable_all()
+            .build()
+            .map_err(bind)?;
+        let listener = std::net::TcpListener::bind(listen).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
         let local_addr = listener.local_addr().map_err(bind)?;
+        let listener = {
+            let _inside = runtime.enter();
+            TcpListener::from_std(listener).map_err(bind)?
+        };
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(KEEPALIVE_INTERVAL));
@@ -91,7 +109,7 @@ impl SignerHub {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(service);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let server = runtime.spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         }));
         tracing::info!(%local_addr, "signer hub listening");
@@ -100,6 +118,7 @@ impl SignerHub {
             registry,
             stop_server: Mutex::new(Some(stop_tx)),
             server: Mutex::new(Some(server)),
+            runtime: Mutex::new(Some(runtime)),
         }))
     }
 
@@ -166,6 +185,10 @@ impl Drop for SignerHub {
     fn drop(&mut self) {
         if let Some(server) = lock(&self.server).take() {
             server.abort();
+        }
+        if let Some(runtime) = lock(&self.runtime).take() {
+            // Not a blocking shutdown: the hub may be dropped inside another runtime.
+            runtime.shutdown_background();
         }
     }
 }

@@ -312,8 +312,15 @@ impl NodeSigner for RemoteKeys {
             msg_type,
             msg: msg.encode(),
         };
-        match self.live(request)? {
-            Response::Signature(sig) => Ok(sig),
+        match self.live(request) {
+            Ok(Response::Signature(sig)) => Ok(sig),
+            // LDK panics (the whole host) if a channel update cannot be signed. A placeholder
+            // fails the peer's check instead: that one update is ignored, nothing else breaks,
+            // and the next update (LDK sends them again) is signed for real.
+            _ if msg_type == 258 => {
+                tracing::error!(node = %self.node_id(), "channel update unsigned: signer did not answer");
+                Signature::from_compact(&[1u8; 64]).map_err(|_| ())
+            }
             _ => Err(()),
         }
     }
