@@ -274,8 +274,15 @@ async fn signer_policy_memory_and_crash() {
         .await
         .expect_err("above the hourly limit");
     assert!(err.contains("refused"), "{err}");
-    let channels = host.must(req("channels", "p0")).await;
-    assert_eq!(channel_to(&channels, &p1).unwrap()["pending_htlcs"], 0);
+    // The refused payment left no HTLC behind (the two paid ones settle shortly).
+    host.wait_for("no pending HTLC", req("channels", "p0"), |v| {
+        channel_to(v, &p1).map(|c| c["pending_htlcs"] == 0) == Some(true)
+    })
+    .await;
+    assert_eq!(
+        out(&host.must(req("channels", "p0")).await),
+        start_msat - 80_000_000
+    );
 
     // Consistent afterwards: the other direction still pays.
     host.wait_for("settled", req("channels", "p1"), |v| {
