@@ -299,7 +299,7 @@ pub(crate) async fn wait_exit_or_kill(
     let mut child = child;
     let alive = |child: &mut Option<&mut Child>| match child {
         Some(c) => matches!(c.try_wait(), Ok(None)),
-        None => is_our_btcd(pid, layout),
+        None => is_our_btcd(pid, layout) || exiting(pid),
     };
     for signal in [None, Some(terminate as fn(u32)), Some(kill_pid as fn(u32))] {
         if let Some(send) = signal {
@@ -325,6 +325,17 @@ pub(crate) async fn wait_exit_or_kill(
 
 /// Whether `pid` is a live (not zombie) btcd using this regtest directory. Where `/proc` is
 /// unavailable it falls back to "some process has this pid".
+/// A process in the middle of exiting: its memory (and so its command line) is gone, but it is
+/// not yet a zombie. Counted as alive so a stop returns only once the process is really gone.
+fn exiting(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    running && cmdline.is_empty()
+}
+
 pub(crate) fn is_our_btcd(pid: u32, layout: &Layout) -> bool {
     let Ok(raw) = libc::pid_t::try_from(pid) else {
         return false;

@@ -208,7 +208,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn decode_ids(bytes: &[u8]) -> Result<Vec<KeysId>, KeysError> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(KeysError::Corrupt("pool length".into()));
     }
     Ok(bytes
