@@ -7,22 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
-use bitcoin::{Address, Amount};
 use flotilla_core::regtest::Regtest;
 use flotilla_core::store::{ChannelStatus, Direction, PaymentStatus, Store};
-use flotilla_tests::{free_port, req, HostProcess, SignerProcess};
+use flotilla_tests::{channel_to, free_port, req, write_seed, HostProcess, SignerProcess};
 use serde_json::{json, Value};
 
 const FUNDING_SAT: u64 = 3_000_000;
 const CHANNEL_SAT: u64 = 1_000_000;
 /// Every node, and whether it lives on host B.
 const ALL_NODES: [(bool, &str); 4] = [(false, "a0"), (false, "a1"), (false, "a2"), (true, "b0")];
-
-fn write_seed(dir: &Path, alias: &str, byte: u8) -> PathBuf {
-    let path = dir.join(format!("{alias}.seed"));
-    std::fs::write(&path, [byte; 32]).unwrap();
-    path
-}
 
 async fn invoice(host: &mut HostProcess, payee: &str, msat: u64) -> String {
     let invoice = host
@@ -56,15 +49,6 @@ fn outbound_msat(channels: &Value, peer: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn channel_to(channels: &Value, peer: &str) -> Option<Value> {
-    channels
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["peer"] == peer)
-        .cloned()
-}
-
 async fn wallet_confirmed(host: &mut HostProcess, node: &str) -> u64 {
     host.must(req("balance", node)).await["wallet"]["confirmed_sat"]
         .as_u64()
@@ -84,8 +68,7 @@ async fn hosts_open_pay_restart_and_close() {
 
     let seeds: Vec<(&str, PathBuf)> = ["a0", "a1", "a2", "b0"]
         .iter()
-        .enumerate()
-        .map(|(i, alias)| (*alias, write_seed(&dir, alias, i as u8 + 1)))
+        .map(|alias| (*alias, write_seed(&dir, alias)))
         .collect();
     let host_a_nodes: Vec<(&str, &Path)> =
         seeds[..3].iter().map(|(a, p)| (*a, p.as_path())).collect();
@@ -116,25 +99,12 @@ async fn hosts_open_pay_restart_and_close() {
     // Fund every wallet from the harness and confirm.
     for (on_b, node) in ALL_NODES {
         let host = if on_b { &mut b } else { &mut a };
-        let address: Address<_> = host
-            .must(req("address", node))
-            .await
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        chain
-            .send(&address.assume_checked(), Amount::from_sat(FUNDING_SAT))
-            .await
-            .unwrap();
+        host.send_to_wallet(&chain, node, FUNDING_SAT).await;
     }
     chain.mine(1).await.unwrap();
     for (on_b, node) in ALL_NODES {
         let host = if on_b { &mut b } else { &mut a };
-        host.wait_for("funded wallet", req("balance", node), |v| {
-            v["wallet"]["confirmed_sat"].as_u64() == Some(FUNDING_SAT)
-        })
-        .await;
+        host.wait_funded(node, FUNDING_SAT).await;
     }
 
     // Channels: a0->a1 and a1->a2 inside host A, a2->b0 across the two processes.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use flotilla_core::regtest::Regtest;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -267,6 +268,50 @@ impl SignerProcess {
     pub fn restart(&mut self) -> Result<(), String> {
         self.child = Self::spawn(&self.config)?;
         Ok(())
+    }
+}
+
+/// A seed file for `alias` that looks like a seed (no repeated byte a memory scan could meet
+/// by chance), deterministic so runs are comparable.
+pub fn write_seed(dir: &Path, alias: &str) -> PathBuf {
+    use bitcoin::hashes::{sha256, Hash};
+    let path = dir.join(format!("{alias}.seed"));
+    let seed = sha256::Hash::hash(format!("flotilla test seed {alias}").as_bytes());
+    std::fs::write(&path, seed.to_byte_array()).expect("write seed");
+    path
+}
+
+/// The channel with `peer` in a `channels` answer.
+pub fn channel_to(channels: &Value, peer: &str) -> Option<Value> {
+    channels
+        .as_array()?
+        .iter()
+        .find(|c| c["peer"] == peer)
+        .cloned()
+}
+
+impl HostProcess {
+    /// Sends `sat` from the harness's coins to a fresh address of `node`'s wallet (unmined).
+    pub async fn send_to_wallet(&mut self, chain: &Regtest, node: &str, sat: u64) {
+        let address: bitcoin::Address<_> = self
+            .must(req("address", node))
+            .await
+            .as_str()
+            .expect("an address")
+            .parse()
+            .expect("a valid address");
+        chain
+            .send(&address.assume_checked(), bitcoin::Amount::from_sat(sat))
+            .await
+            .expect("harness send");
+    }
+
+    /// Waits until `node`'s wallet has exactly `sat` confirmed.
+    pub async fn wait_funded(&mut self, node: &str, sat: u64) {
+        self.wait_for("funded wallet", req("balance", node), |v| {
+            v["wallet"]["confirmed_sat"].as_u64() == Some(sat)
+        })
+        .await;
     }
 }
 

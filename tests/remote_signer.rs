@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::bip32::Xpriv;
-use bitcoin::{Address, Amount, Network};
+use bitcoin::Network;
 use flotilla_core::regtest::Regtest;
-use flotilla_tests::{free_port, node_id_of, req, HostProcess, SignerProcess};
+use flotilla_tests::{
+    channel_to, free_port, node_id_of, req, write_seed, HostProcess, SignerProcess,
+};
 use lightning::sign::KeysManager;
 use serde_json::{json, Value};
 
@@ -17,24 +19,6 @@ const FUNDING_SAT: u64 = 2_000_000;
 const CHANNEL_SAT: u64 = 1_000_000;
 const MAX_PAYMENT_MSAT: u64 = 50_000_000;
 const MAX_PER_HOUR_MSAT: u64 = 120_000_000;
-
-/// A seed that looks like one (no repeated byte a scan could find by chance).
-fn write_seed(dir: &Path, alias: &str) -> PathBuf {
-    use bitcoin::hashes::{sha256, Hash};
-    let path = dir.join(format!("{alias}.seed"));
-    let seed = sha256::Hash::hash(format!("flotilla remote signer test {alias}").as_bytes());
-    std::fs::write(&path, seed.to_byte_array()).unwrap();
-    path
-}
-
-fn channel_to(channels: &Value, peer: &str) -> Option<Value> {
-    channels
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["peer"] == peer)
-        .cloned()
-}
 
 async fn pay(host: &mut HostProcess, payer: &str, payee: &str, msat: u64) -> Result<Value, String> {
     let invoice = host
@@ -199,24 +183,11 @@ async fn signer_policy_memory_and_crash() {
     host.ready().await.unwrap();
 
     for node in ["p0", "x"] {
-        let address: Address<_> = host
-            .must(req("address", node))
-            .await
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        chain
-            .send(&address.assume_checked(), Amount::from_sat(FUNDING_SAT))
-            .await
-            .unwrap();
+        host.send_to_wallet(&chain, node, FUNDING_SAT).await;
     }
     chain.mine(1).await.unwrap();
     for node in ["p0", "x"] {
-        host.wait_for("funded", req("balance", node), |v| {
-            v["wallet"]["confirmed_sat"].as_u64() == Some(FUNDING_SAT)
-        })
-        .await;
+        host.wait_funded(node, FUNDING_SAT).await;
     }
 
     // Channel opens: p0 -> x is refused by p0's signer (outbound), x -> p1 by p1's (inbound).

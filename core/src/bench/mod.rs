@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 pub mod background;
 mod measure;
 
-/// Result of one bench command; errors are printed, never panicked.
-pub type BenchResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+/// Result of one bench command (the CLI's): errors are printed, never panicked.
+pub type BenchResult = crate::cli::CliResult;
 
 #[derive(Parser)]
 #[command(
@@ -33,31 +33,10 @@ enum BenchCommand {
 
 pub fn main() -> ExitCode {
     let bench = Bench::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    crate::cli::run_command("error", async {
         match bench.command {
             BenchCommand::Background(args) => background::run(args).await,
             BenchCommand::BackgroundRun(args) => background::run_one(args).await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -65,14 +65,6 @@ pub(crate) fn hub_names() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into()]
 }
 
-fn relative_to(base: &std::path::Path, path: &std::path::Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 enum Request {
@@ -127,11 +119,11 @@ pub async fn run(args: HostArgs) -> CliResult {
     let file: HostFile =
         serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", args.config.display()))?;
     let base = args.config.parent().unwrap_or(std::path::Path::new("."));
-    let chain_path = relative_to(base, &file.chain);
+    let chain_path = base.join(&file.chain);
     let chain: ChainFile = serde_json::from_slice(&std::fs::read(&chain_path)?)
         .map_err(|e| format!("{}: {e}", chain_path.display()))?;
-    let host = Host::start(HostConfig::regtest(relative_to(base, &file.db), chain.rpc)).await?;
-    let tls_dir = relative_to(base, &file.tls_dir);
+    let host = Host::start(HostConfig::regtest(base.join(&file.db), chain.rpc)).await?;
+    let tls_dir = base.join(&file.tls_dir);
     let tls = HubTls::load_or_generate(&tls_dir, &hub_names())?;
     let hub = SignerHub::start(file.hub_listen, &tls).await?;
 

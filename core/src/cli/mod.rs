@@ -39,10 +39,26 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    run_command("warn", async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Host(args) => host::run(args).await,
+            Command::Regtest(cmd) => regtest::run(cmd).await,
+            Command::Signer(args) => signer::run(args).await,
+        }
+    })
+}
+
+/// Runs a binary's command: logs to stderr (`FLOTILLA_LOG`, else `default_log`), one tokio
+/// runtime, errors printed, never panicked.
+pub fn run_command<E: std::fmt::Display>(
+    default_log: &str,
+    command: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -53,15 +69,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Demo(args) => demo::run(args).await,
-            Command::Host(args) => host::run(args).await,
-            Command::Regtest(cmd) => regtest::run(cmd).await,
-            Command::Signer(args) => signer::run(args).await,
-        }
-    });
-    match result {
+    match runtime.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

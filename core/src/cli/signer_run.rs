@@ -78,29 +78,21 @@ impl PolicyFile {
     }
 }
 
-fn relative_to(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
-}
-
 /// Builds every node's signer from the configuration file.
 pub fn load(config: &Path) -> Result<(DialConfig, Vec<Arc<SeedSigner>>), String> {
     let text = std::fs::read(config).map_err(|e| format!("{}: {e}", config.display()))?;
     let file: SignerFile =
         serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", config.display()))?;
     let base = config.parent().unwrap_or(Path::new("."));
-    let ca_path = relative_to(base, &file.ca_file);
+    let ca_path = base.join(&file.ca_file);
     let ca_pem = std::fs::read(&ca_path).map_err(|e| format!("{}: {e}", ca_path.display()))?;
     crate::signer::config::validate_host_url(&file.host_url).map_err(|e| e.to_string())?;
     let policy = file.policy.policy()?;
-    let state_dir = relative_to(base, &file.state_dir);
+    let state_dir = base.join(&file.state_dir);
     std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let mut signers = Vec::new();
     for seed_file in &file.seed_files {
-        let seed_path = relative_to(base, seed_file);
+        let seed_path = base.join(seed_file);
         let seed =
             read_seed_file(&seed_path).map_err(|e| format!("{}: {e}", seed_path.display()))?;
         let node_id = crate::signer::seed::node_public_key(&seed).map_err(|e| e.to_string())?;

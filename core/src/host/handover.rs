@@ -4,58 +4,27 @@
 
 use std::time::Duration;
 
-use bitcoin::hex::{DisplayHex, FromHex};
-use bitcoin::secp256k1::PublicKey;
-use bitcoin::ScriptBuf;
 use lightning::util::persist::KVStoreSync;
-use serde::{Deserialize, Serialize};
+use prost::Message;
 
 use super::error::HostError;
 use super::node::read_optional;
 use crate::signer::link::SignerLink;
 use crate::signer::protocol::Handover;
+use crate::signer::wire::{decode_handover, encode_handover, proto};
 
 const NAMESPACE: &str = "signer";
 const KEY: &str = "handover";
 
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    node_id: String,
-    inbound_payment_key: String,
-    peer_storage_key: String,
-    receive_auth_key: String,
-    wallet_external: String,
-    wallet_internal: String,
-    shutdown_script: String,
-}
-
+/// Stored in the encoding the signer sent it in (`wire.rs`), so there is one codec for it.
 fn encode(h: &Handover) -> Vec<u8> {
-    let stored = Stored {
-        node_id: h.node_id.to_string(),
-        inbound_payment_key: h.inbound_payment_key.to_lower_hex_string(),
-        peer_storage_key: h.peer_storage_key.to_lower_hex_string(),
-        receive_auth_key: h.receive_auth_key.to_lower_hex_string(),
-        wallet_external: h.wallet_descriptors.0.clone(),
-        wallet_internal: h.wallet_descriptors.1.clone(),
-        shutdown_script: h.shutdown_script.as_bytes().to_lower_hex_string(),
-    };
-    serde_json::to_vec(&stored).unwrap_or_default()
+    encode_handover(h).encode_to_vec()
 }
 
 fn decode(bytes: &[u8]) -> Result<Handover, HostError> {
-    let bad = |what: &str| HostError::Corrupt(format!("stored signer handover: {what}"));
-    let s: Stored = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
-    let key = |v: &str| <[u8; 32]>::from_hex(v).map_err(|_| bad("key"));
-    Ok(Handover {
-        node_id: s.node_id.parse::<PublicKey>().map_err(|_| bad("node id"))?,
-        inbound_payment_key: key(&s.inbound_payment_key)?,
-        peer_storage_key: key(&s.peer_storage_key)?,
-        receive_auth_key: key(&s.receive_auth_key)?,
-        wallet_descriptors: (s.wallet_external, s.wallet_internal),
-        shutdown_script: ScriptBuf::from_bytes(
-            Vec::<u8>::from_hex(&s.shutdown_script).map_err(|_| bad("script"))?,
-        ),
-    })
+    let bad = |what: String| HostError::Corrupt(format!("stored signer handover: {what}"));
+    let message = proto::Handover::decode(bytes).map_err(|e| bad(e.to_string()))?;
+    decode_handover(message).map_err(|e| bad(e.to_string()))
 }
 
 /// The stored handover, or the signer's (waiting up to `wait` for it to attach), stored on
@@ -92,6 +61,8 @@ pub(crate) async fn obtain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitcoin::secp256k1::PublicKey;
+    use bitcoin::ScriptBuf;
 
     #[test]
     fn handover_round_trips() {
@@ -108,5 +79,6 @@ mod tests {
         let back = decode(&encode(&h)).expect("decodes");
         assert_eq!(back, h);
         assert!(matches!(decode(b"{}"), Err(HostError::Corrupt(_))));
+        assert!(matches!(decode(&[]), Err(HostError::Corrupt(_))));
     }
 }

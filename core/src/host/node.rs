@@ -497,11 +497,6 @@ impl Node {
         self.link.requests_answered()
     }
 
-    /// Whether the node's signer is attached (else the node is parked).
-    pub fn signer_attached(&self) -> bool {
-        self.link.is_attached()
-    }
-
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
     }

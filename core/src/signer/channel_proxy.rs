@@ -92,6 +92,13 @@ impl RemoteChannelSigner {
         Key::of(kind, &all)
     }
 
+    /// The request key of a signature for input `input` of `tx`, and that index on the wire.
+    fn input_key(&self, kind: &str, tx: &Transaction, input: usize) -> Result<(Key, u32), ()> {
+        let input = u32::try_from(input).map_err(|_| ())?;
+        let txid = txid_bytes(tx.compute_txid());
+        Ok((self.key(kind, &[&txid, &input.to_be_bytes()]), input))
+    }
+
     fn signature(&self, key: Key, retry: Retry, request: Request) -> Result<Signature, ()> {
         match self.pending.sign(key, retry, request)? {
             Response::Signature(sig) => Ok(sig),
@@ -116,6 +123,12 @@ impl RemoteChannelSigner {
             }),
         );
     }
+}
+
+/// A well-formed signature that verifies against nothing (r = s = 0x0101…01, both below the
+/// curve order), for the few places LDK takes a signature but cannot be told "no".
+pub(crate) fn placeholder_signature() -> Signature {
+    Signature::from_compact(&[1u8; 64]).expect("constant compact signature is valid")
 }
 
 fn unexpected<T>(response: Response) -> Result<T, ()> {
@@ -285,9 +298,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         per_commitment_key: &SecretKey,
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
-        let input = u32::try_from(input).map_err(|_| ())?;
-        let txid = txid_bytes(justice_tx.compute_txid());
-        let key = self.key("justice_output", &[&txid, &input.to_be_bytes()]);
+        let (key, input) = self.input_key("justice_output", justice_tx, input)?;
         let request = Request::SignJusticeRevokedOutput {
             keys_id: self.keys_id,
             params: self.seen(params),
@@ -309,9 +320,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         htlc: &HTLCOutputInCommitment,
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
-        let input = u32::try_from(input).map_err(|_| ())?;
-        let txid = txid_bytes(justice_tx.compute_txid());
-        let key = self.key("justice_htlc", &[&txid, &input.to_be_bytes()]);
+        let (key, input) = self.input_key("justice_htlc", justice_tx, input)?;
         let request = Request::SignJusticeRevokedHtlc {
             keys_id: self.keys_id,
             params: self.seen(params),
@@ -331,9 +340,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         htlc_descriptor: &HTLCDescriptor,
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
-        let input = u32::try_from(input).map_err(|_| ())?;
-        let txid = txid_bytes(htlc_tx.compute_txid());
-        let key = self.key("holder_htlc", &[&txid, &input.to_be_bytes()]);
+        let (key, input) = self.input_key("holder_htlc", htlc_tx, input)?;
         let request = Request::SignHolderHtlcTransaction {
             keys_id: self.keys_id,
             tx: htlc_tx.clone(),
@@ -353,9 +360,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         htlc: &HTLCOutputInCommitment,
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
-        let input = u32::try_from(input).map_err(|_| ())?;
-        let txid = txid_bytes(htlc_tx.compute_txid());
-        let key = self.key("counterparty_htlc", &[&txid, &input.to_be_bytes()]);
+        let (key, input) = self.input_key("counterparty_htlc", htlc_tx, input)?;
         let request = Request::SignCounterpartyHtlcTransaction {
             keys_id: self.keys_id,
             params: self.seen(params),
@@ -404,9 +409,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         input: usize,
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
-        let input = u32::try_from(input).map_err(|_| ())?;
-        let txid = txid_bytes(anchor_tx.compute_txid());
-        let key = self.key("anchor", &[&txid, &input.to_be_bytes()]);
+        let (key, input) = self.input_key("anchor", anchor_tx, input)?;
         let request = Request::SignHolderAnchorInput {
             keys_id: self.keys_id,
             params: self.seen(params),
@@ -437,7 +440,6 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Signature {
         tracing::error!("splicing is not supported by hosted nodes");
-        // A constant, well-formed compact encoding (r = s = 0x0101…01, both below the order).
-        Signature::from_compact(&[1u8; 64]).expect("constant compact signature is valid")
+        placeholder_signature()
     }
 }

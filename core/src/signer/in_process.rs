@@ -21,15 +21,8 @@ pub struct InProcessSigner {
 impl InProcessSigner {
     /// A signer with no limits and state in memory.
     pub fn from_seed(seed: &[u8; 32], network: Network) -> Result<Self, SetupError> {
-        Self::with_policy(seed, network, Policy::default())
-    }
-
-    pub fn with_policy(
-        seed: &[u8; 32],
-        network: Network,
-        policy: Policy,
-    ) -> Result<Self, SetupError> {
-        let signer = SeedSigner::new(seed, network, policy, Box::new(MemoryStateStore::new()))?;
+        let state = Box::new(MemoryStateStore::new());
+        let signer = SeedSigner::new(seed, network, Policy::default(), state)?;
         Ok(InProcessSigner {
             signer: Arc::new(signer),
         })

@@ -96,7 +96,7 @@ impl RemoteKeys {
         if let Some(missing) = book.pool.iter().find(|id| !book.known.contains_key(*id)) {
             return Err(KeysError::Corrupt(format!(
                 "pooled key set {} has no keys",
-                hex(missing)
+                missing.to_lower_hex_string()
             )));
         }
         let expanded_key = ExpandedKey::new(handover.inbound_payment_key);
@@ -113,14 +113,6 @@ impl RemoteKeys {
 
     pub fn node_id(&self) -> PublicKey {
         self.handover.node_id
-    }
-
-    pub fn handover(&self) -> &Handover {
-        &self.handover
-    }
-
-    pub fn pending(&self) -> &Arc<Pending> {
-        &self.pending
     }
 
     /// Fetches key sets until the pool holds [`POOL_TARGET`]; waits for the answer.
@@ -189,8 +181,13 @@ fn add_key_sets(book: &Mutex<KeyBook>, kv: &Kv, answer: Response) -> Result<(), 
     };
     let mut book = lock(book);
     for ChannelKeySet { keys_id, pubkeys } in sets {
-        kv.write(KEYS_NAMESPACE, KEYS_SUB, &hex(&keys_id), pubkeys.encode())
-            .map_err(|e| KeysError::Store(e.to_string()))?;
+        kv.write(
+            KEYS_NAMESPACE,
+            KEYS_SUB,
+            &keys_id.to_lower_hex_string(),
+            pubkeys.encode(),
+        )
+        .map_err(|e| KeysError::Store(e.to_string()))?;
         book.known.insert(keys_id, pubkeys);
         book.pool.push(keys_id);
     }
@@ -201,10 +198,6 @@ fn write_pool(kv: &Kv, book: &KeyBook) -> Result<(), KeysError> {
     let bytes: Vec<u8> = book.pool.iter().flatten().copied().collect();
     kv.write(KEYS_NAMESPACE, KEYS_SUB, POOL_KEY, bytes)
         .map_err(|e| KeysError::Store(e.to_string()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.to_lower_hex_string()
 }
 
 fn decode_ids(bytes: &[u8]) -> Result<Vec<KeysId>, KeysError> {
@@ -319,7 +312,7 @@ impl NodeSigner for RemoteKeys {
             // and the next update (LDK sends them again) is signed for real.
             _ if msg_type == 258 => {
                 tracing::error!(node = %self.node_id(), "channel update unsigned: signer did not answer");
-                Signature::from_compact(&[1u8; 64]).map_err(|_| ())
+                Ok(super::channel_proxy::placeholder_signature())
             }
             _ => Err(()),
         }
@@ -379,7 +372,7 @@ impl SignerProvider for RemoteKeys {
     fn derive_channel_signer(&self, channel_keys_id: [u8; 32]) -> RemoteChannelSigner {
         let pubkeys = lock(&self.book).known.get(&channel_keys_id).cloned();
         let pubkeys = pubkeys.unwrap_or_else(|| {
-            tracing::error!(keys_id = %hex(&channel_keys_id), "unknown channel keys; the signer will refuse this channel");
+            tracing::error!(keys_id = %channel_keys_id.to_lower_hex_string(), "unknown channel keys; the signer will refuse this channel");
             placeholder_pubkeys()
         });
         RemoteChannelSigner::new(
