@@ -182,7 +182,13 @@ async fn hosts_open_pay_restart_and_close() {
     // Direct channel: no routing fee, so the balance moved by exactly the two amounts.
     assert_eq!(a0_out, opened - 100_000_000 + 30_000_000);
 
-    // kill -9 host A right after the payments; the plain tables hold what happened.
+    // kill -9 host A right after the payments settled (no HTLC left in a2's channel with b0:
+    // LDK force-closes a channel whose saved manager lags its monitor, which a kill in the
+    // middle of a commitment dance can cause); the plain tables hold what happened.
+    a.wait_for("a2 settled", req("channels", "a2"), |v| {
+        channel_to(v, &b0).map(|c| c["pending_htlcs"] == 0) == Some(true)
+    })
+    .await;
     a.kill9().await;
     {
         let store = Store::open(&a_db).expect("lock released by the kill");

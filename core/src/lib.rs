@@ -2,6 +2,7 @@
 //! one network graph and one database, with every key held by a signer on the customer's side.
 
 pub mod bench;
+mod blocking;
 pub mod chain;
 pub mod cli;
 pub mod host;

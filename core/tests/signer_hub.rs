@@ -440,18 +440,23 @@ async fn a_killed_signer_detaches_and_a_restarted_one_reattaches() {
         other => panic!("unexpected answer {other:?}"),
     }
 
-    // A second signer for the same node takes over; the node stays attached.
+    // A second signer for the same node is refused while the first is attached...
     let second = Signer::spawn(host.config(), vec![a.clone()]);
-    wait_until("the second attach", || second.stats.attaches() >= 1).await;
-    wait_until("the first stream's end", || {
-        again
+    wait_until("the second signer's refusal", || {
+        second
             .stats
             .last_error()
-            .is_some_and(|e| e.contains("replaced"))
+            .is_some_and(|e| e.contains("already has a signer attached"))
     })
     .await;
+    assert_eq!(second.stats.attaches(), 0);
+    assert_eq!(
+        again.stats.last_error(),
+        None,
+        "the first signer was disturbed"
+    );
     assert!(*ta.attached().borrow());
-    // With the first signer gone, the second one answers (after at most one backoff).
+    // ...and takes over once the first is gone (after at most one backoff).
     again.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -16,6 +16,25 @@ pub fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// User plus system CPU time another process has used so far (`/proc/PID/stat`), if readable.
+pub fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a configuration value and has no other effect.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks as f64,
+    ))
+}
+
 /// Resident set size in KiB (`VmRSS` of /proc/self/status), 0 where that is unavailable.
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -61,6 +80,8 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
         assert!(cpu_time() > before, "50 ms of spinning used no CPU time");
+        let own = process_cpu_time(std::process::id()).expect("own /proc stat");
+        assert!(own >= Duration::from_millis(40), "own CPU read as {own:?}");
     }
 
     #[test]

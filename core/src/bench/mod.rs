@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod background;
 mod measure;
+pub mod payments;
 
 /// Result of one bench command (the CLI's): errors are printed, never panicked.
 pub type BenchResult = crate::cli::CliResult;
@@ -29,6 +30,11 @@ enum BenchCommand {
     /// One host of one mode and size (run by `background` in a fresh process per measurement).
     #[command(hide = true)]
     BackgroundRun(background::RunArgs),
+    /// Hosted-to-hosted payments per second and latency: remote signers versus in-process.
+    Payments(payments::PaymentsArgs),
+    /// The remote signer process `payments` starts (as `flotilla signer`).
+    #[command(hide = true)]
+    Signer(crate::cli::signer::SignerArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -37,6 +43,8 @@ pub fn main() -> ExitCode {
         match bench.command {
             BenchCommand::Background(args) => background::run(args).await,
             BenchCommand::BackgroundRun(args) => background::run_one(args).await,
+            BenchCommand::Payments(args) => payments::run(args).await,
+            BenchCommand::Signer(args) => crate::cli::signer::run(args).await,
         }
     })
 }

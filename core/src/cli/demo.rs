@@ -12,6 +12,7 @@ use bitcoin::Amount;
 use clap::Args;
 use serde::Serialize;
 
+use super::signer::spawn_signer;
 use super::CliResult;
 use crate::host::{Host, HostConfig, Node, PaymentOutcome};
 use crate::regtest::Regtest;
@@ -85,7 +86,8 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let mut starting = tokio::task::JoinSet::new();
     for i in 0..args.nodes {
         let alias = format!("node-{i}");
-        let (node_id, child) = spawn_signer(&signers_dir, &alias, &hub, &tls_dir.join(CA_FILE))?;
+        let (ids, child) = spawn_signer(&signers_dir, &alias, 1, &hub, &tls_dir.join(CA_FILE))?;
+        let node_id = ids[0];
         signer_processes.push(child);
         let link = SignerLink::new(node_id, hub.register(node_id));
         let host = host.clone();
@@ -211,45 +213,6 @@ pub async fn run(args: DemoArgs) -> CliResult {
         return Err(format!("{} payments failed", summary.payments_failed).into());
     }
     Ok(())
-}
-
-/// Plays the customer: a fresh seed file, a signer config, and `flotilla signer` dialing the
-/// hub. Returns the node id (public) the host registers for that signer.
-fn spawn_signer(
-    dir: &std::path::Path,
-    alias: &str,
-    hub: &SignerHub,
-    ca_file: &std::path::Path,
-) -> Result<
-    (bitcoin::secp256k1::PublicKey, tokio::process::Child),
-    Box<dyn std::error::Error + Send + Sync>,
-> {
-    use bitcoin::secp256k1::rand::RngCore;
-    let mut seed = [0u8; 32];
-    bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut seed);
-    let seed_file = dir.join(format!("{alias}.seed"));
-    std::fs::write(
-        &seed_file,
-        bitcoin::hex::DisplayHex::to_lower_hex_string(&seed[..]),
-    )?;
-    let node_id = crate::signer::seed::node_public_key(&seed)?;
-    seed.fill(0);
-    let config = dir.join(format!("{alias}.json"));
-    let body = serde_json::json!({
-        "host_url": format!("https://{}", hub.local_addr()),
-        "ca_file": ca_file,
-        "state_dir": dir.join(format!("{alias}-state")),
-        "seed_files": [seed_file],
-    });
-    std::fs::write(&config, serde_json::to_vec_pretty(&body)?)?;
-    let child = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("signer")
-        .arg("--config")
-        .arg(&config)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    Ok((node_id, child))
 }
 
 fn round2(x: f64) -> f64 {

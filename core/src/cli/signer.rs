@@ -2,9 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use bitcoin::hex::DisplayHex;
+use bitcoin::secp256k1::rand::RngCore;
+use bitcoin::secp256k1::PublicKey;
 use clap::{Args, Subcommand};
 
 use super::CliResult;
+use crate::signer::hub::SignerHub;
 use crate::signer::seed::{self, SeedError};
 
 #[derive(Args)]
@@ -43,6 +47,45 @@ pub async fn run(args: SignerArgs) -> CliResult {
 fn node_id_of_file(path: &Path) -> Result<String, SeedError> {
     let seed = seed::read_seed_file(path)?;
     Ok(seed::node_public_key(&seed)?.to_string())
+}
+
+/// Plays the customer: `count` fresh seed files, a signer config, and one signer process
+/// (`<this executable> signer --config`) dialing the hub for all of them. Returns the node ids
+/// (public) the host registers, in seed order, and the process.
+pub fn spawn_signer(
+    dir: &Path,
+    name: &str,
+    count: usize,
+    hub: &SignerHub,
+    ca_file: &Path,
+) -> Result<(Vec<PublicKey>, tokio::process::Child), Box<dyn std::error::Error + Send + Sync>> {
+    let mut node_ids = Vec::with_capacity(count);
+    let mut seed_files = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut seed = [0u8; 32];
+        bitcoin::secp256k1::rand::thread_rng().fill_bytes(&mut seed);
+        let seed_file = dir.join(format!("{name}-{i}.seed"));
+        std::fs::write(&seed_file, seed[..].to_lower_hex_string())?;
+        node_ids.push(seed::node_public_key(&seed)?);
+        seed.fill(0);
+        seed_files.push(seed_file);
+    }
+    let config = dir.join(format!("{name}.json"));
+    let body = serde_json::json!({
+        "host_url": format!("https://{}", hub.local_addr()),
+        "ca_file": ca_file,
+        "state_dir": dir.join(format!("{name}-state")),
+        "seed_files": seed_files,
+    });
+    std::fs::write(&config, serde_json::to_vec_pretty(&body)?)?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("signer")
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok((node_ids, child))
 }
 
 #[cfg(test)]

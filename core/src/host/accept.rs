@@ -18,6 +18,8 @@ pub(crate) async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
                     if !node.link.is_attached() {
                         continue;
                     }
+                    // Lightning's small messages must not wait out Nagle's algorithm.
+                    let _ = stream.set_nodelay(true);
                     let Ok(stream) = stream.into_std() else { continue };
                     let pm = node.peer_manager.clone();
                     tokio::spawn(lightning_net_tokio::setup_inbound(pm, stream));

@@ -13,6 +13,8 @@ use super::error::HostError;
 use super::node::Node;
 use crate::signer::protocol::SignerError;
 
+/// How long a TCP connect to a peer may take (as lightning-net-tokio's own connect).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PEERS_NAMESPACE: &str = "flotilla_peers";
 
 impl Node {
@@ -46,11 +48,19 @@ impl Node {
             peer: peer.to_string(),
             addr: addr.to_string(),
         };
-        let connection =
-            lightning_net_tokio::connect_outbound(self.peer_manager.clone(), peer, addr)
-                .await
-                .ok_or_else(unreachable)?;
-        tokio::spawn(connection);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable())?
+            .map_err(|_| unreachable())?;
+        // Lightning's small messages must not wait out Nagle's algorithm (a commitment dance
+        // is several one-message round trips; lightning-net-tokio leaves Nagle on).
+        let _ = stream.set_nodelay(true);
+        let stream = stream.into_std().map_err(|_| unreachable())?;
+        tokio::spawn(lightning_net_tokio::setup_outbound(
+            self.peer_manager.clone(),
+            peer,
+            stream,
+        ));
         // The handshake completes asynchronously; wait for it, bounded.
         for _ in 0..100 {
             if self.is_connected(&peer) {

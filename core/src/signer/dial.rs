@@ -311,6 +311,10 @@ fn failed(node: PublicKey, stats: &DialStats, status: &Status) -> Ended {
         stats.refusals.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%node, "the hub refused the signer: {}", status.message());
         Ended::Refused
+    } else if status.code() == Code::AlreadyExists {
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%node, "another signer serves this node; standing by");
+        Ended::Failed
     } else {
         stats.failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%node, "signer stream failed: {error}");

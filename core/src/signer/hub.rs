@@ -262,8 +262,8 @@ impl NodeSlot {
         }
     }
 
-    /// Makes `out` the node's stream, replacing (and ending) any older one. Returns the
-    /// session's generation and the signal that it ended, or why the node cannot attach.
+    /// Makes `out` the node's stream unless a live one exists. Returns the session's
+    /// generation and the signal that it ended, or why the node cannot attach.
     fn attach(
         &self,
         out: Outbound,
@@ -274,6 +274,15 @@ impl NodeSlot {
         if state.retired {
             return Err(Status::permission_denied(format!(
                 "node {} is not registered on this host",
+                self.node_id
+            )));
+        }
+        // One signer per node at a time: two with different state could each sign what the
+        // other would refuse. A second one waits (its dial loop retries) until the first's
+        // stream ends; a vanished signer's stream ends at the latest at the keepalive timeout.
+        if state.session.as_ref().is_some_and(|s| !s.out.is_closed()) {
+            return Err(Status::already_exists(format!(
+                "node {} already has a signer attached",
                 self.node_id
             )));
         }
@@ -297,10 +306,8 @@ impl NodeSlot {
         self.attached.send_replace(true);
         drop(state);
         if let Some(old) = old {
-            tracing::info!(node = %self.node_id, "a newer signer stream replaces the old one");
-            old.close(Some(Status::aborted(
-                "replaced by a newer attach for this node",
-            )));
+            // Its stream was already gone; answer what it left in flight.
+            old.close(None);
         }
         Ok((generation, ends_rx))
     }

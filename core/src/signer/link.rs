@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::secp256k1::PublicKey;
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{oneshot, watch};
 
 use super::protocol::{Handler, Handover, Request, Response, SignerError};
@@ -128,10 +127,7 @@ impl SignerLink {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(SignerError::Timeout),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(SignerError::Unavailable),
         };
-        match Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
-            _ => wait(),
-        }
+        crate::blocking::wait_blocking(wait)
     }
 }
 

@@ -262,9 +262,12 @@ impl NodeSigner for RemoteKeys {
             other_key: *other_key,
             tweak: tweak.map(|t| t.to_be_bytes()),
         };
-        match self.live(request)? {
-            Response::SharedSecret(bytes) => Ok(SharedSecret::from_bytes(bytes)),
-            _ => Err(()),
+        match self.live(request) {
+            Ok(Response::SharedSecret(bytes)) => Ok(SharedSecret::from_bytes(bytes)),
+            // LDK 0.2 unwraps the ECDH of an HTLC's onion, so an Err would panic the node's
+            // task and strand the HTLC. A secret nobody knows fails the onion's HMAC check
+            // instead: LDK fails that HTLC back, a handshake or onion message just fails.
+            _ => Ok(SharedSecret::from_bytes(self.get_secure_random_bytes())),
         }
     }
 

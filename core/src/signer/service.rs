@@ -20,7 +20,7 @@ use bitcoin::{
     absolute::LockTime, CompressedPublicKey, Network, Psbt, ScriptBuf, Transaction, TxOut,
 };
 use lightning::ln::chan_utils::{
-    make_funding_redeemscript, ChannelTransactionParameters, ClosingTransaction,
+    make_funding_redeemscript, ChannelPublicKeys, ChannelTransactionParameters, ClosingTransaction,
     CommitmentTransaction, HTLCOutputInCommitment, HolderCommitmentTransaction,
 };
 use lightning::ln::msgs::{
@@ -85,7 +85,8 @@ pub struct SeedSigner {
     /// Scripts the signer counts as its own wallet (closes and sweeps may pay them).
     own_scripts: HashSet<ScriptBuf>,
     approval: Option<Arc<dyn ApprovalHook>>,
-    channels: Mutex<HashMap<KeysId, Arc<InMemorySigner>>>,
+    /// Derived once per channel: LDK's signer computes its public keys anew on each call.
+    channels: Mutex<HashMap<KeysId, ChannelKeys>>,
     kept: Mutex<Kept>,
     secp: Secp256k1<All>,
     clock: Clock,
@@ -173,11 +174,21 @@ impl SeedSigner {
         lock(&self.kept).state.clone()
     }
 
-    fn channel(&self, keys_id: &KeysId) -> Arc<InMemorySigner> {
+    fn channel_keys(&self, keys_id: &KeysId) -> ChannelKeys {
         lock(&self.channels)
             .entry(*keys_id)
-            .or_insert_with(|| Arc::new(self.keys.derive_channel_keys(keys_id)))
+            .or_insert_with(|| {
+                let signer = self.keys.derive_channel_keys(keys_id);
+                ChannelKeys {
+                    pubkeys: Arc::new(signer.pubkeys(&self.secp)),
+                    signer: Arc::new(signer),
+                }
+            })
             .clone()
+    }
+
+    fn channel(&self, keys_id: &KeysId) -> Arc<InMemorySigner> {
+        self.channel_keys(keys_id).signer
     }
 
     /// Runs `f` on a copy of the state; the copy replaces the state (saved first) only if `f`
@@ -221,16 +232,20 @@ impl SeedSigner {
     fn check_params(
         &self,
         kind: &str,
-        signer: &InMemorySigner,
+        keys_id: &KeysId,
         params: &ChannelTransactionParameters,
     ) -> Result<(), SignerError> {
         if !params.is_populated() {
             return Err(self.malformed(kind, "channel parameters are not populated"));
         }
-        let ours = signer.pubkeys(&self.secp);
-        let funding = signer
-            .funding_key(params.splice_parent_funding_txid)
-            .public_key(&self.secp);
+        let ChannelKeys {
+            signer,
+            pubkeys: ours,
+        } = self.channel_keys(keys_id);
+        let funding = match params.splice_parent_funding_txid {
+            None => ours.funding_pubkey,
+            spliced => signer.funding_key(spliced).public_key(&self.secp),
+        };
         let theirs = &params.holder_pubkeys;
         if theirs.funding_pubkey != funding
             || theirs.revocation_basepoint != ours.revocation_basepoint
@@ -344,7 +359,7 @@ impl SeedSigner {
                 tx,
             } => {
                 let signer = self.channel(&keys_id);
-                self.check_params(kind, &signer, &params)?;
+                self.check_params(kind, &keys_id, &params)?;
                 tx.verify(&params.as_holder_broadcastable(), &self.secp)
                     .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
                 let state = lock(&self.kept).state.clone();
@@ -398,7 +413,7 @@ impl SeedSigner {
                 if derivation.keys_id != keys_id {
                     return Err(self.malformed(kind, "descriptor is for another channel"));
                 }
-                self.check_params(kind, &signer, &derivation.transaction_parameters)?;
+                self.check_params(kind, &keys_id, &derivation.transaction_parameters)?;
                 let index = self.check_input(kind, &tx, input)?;
                 signer
                     .sign_holder_htlc_transaction(&tx, index, &descriptor, &self.secp)
@@ -415,7 +430,7 @@ impl SeedSigner {
                 htlc,
             } => {
                 let signer = self.channel(&keys_id);
-                self.check_params(kind, &signer, &params)?;
+                self.check_params(kind, &keys_id, &params)?;
                 let index = self.check_input(kind, &tx, input)?;
                 self.check_outputs(kind, &tx.output)?;
                 signer
@@ -443,7 +458,7 @@ impl SeedSigner {
                 input,
             } => {
                 let signer = self.channel(&keys_id);
-                self.check_params(kind, &signer, &params)?;
+                self.check_params(kind, &keys_id, &params)?;
                 let index = self.check_input(kind, &tx, input)?;
                 signer
                     .sign_holder_keyed_anchor_input(&params, &tx, index, &self.secp)
@@ -555,7 +570,7 @@ impl SeedSigner {
             });
         };
         let signer = self.channel(&keys_id);
-        self.check_params(kind, &signer, &params)?;
+        self.check_params(kind, &keys_id, &params)?;
         let trusted = tx
             .verify(&params.as_holder_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
@@ -611,7 +626,7 @@ impl SeedSigner {
         outbound_preimages: Vec<lightning::types::payment::PaymentPreimage>,
     ) -> Result<Response, SignerError> {
         let signer = self.channel(&keys_id);
-        self.check_params(kind, &signer, &params)?;
+        self.check_params(kind, &keys_id, &params)?;
         let txid = tx
             .verify(&params.as_counterparty_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?
@@ -646,7 +661,7 @@ impl SeedSigner {
         per_commitment_key: &[u8; 32],
     ) -> Result<(Arc<InMemorySigner>, usize, SecretKey), SignerError> {
         let signer = self.channel(keys_id);
-        self.check_params(kind, &signer, params)?;
+        self.check_params(kind, keys_id, params)?;
         let index = self.check_input(kind, tx, input)?;
         let key = SecretKey::from_slice(per_commitment_key)
             .map_err(|_| self.malformed(kind, "per-commitment key is not a key"))?;
@@ -662,7 +677,7 @@ impl SeedSigner {
         closing: ClosingParts,
     ) -> Result<Response, SignerError> {
         let signer = self.channel(&keys_id);
-        self.check_params(kind, &signer, &params)?;
+        self.check_params(kind, &keys_id, &params)?;
         let funding_outpoint = params
             .funding_outpoint
             .ok_or_else(|| self.malformed(kind, "no funding outpoint"))?;
@@ -862,6 +877,13 @@ impl Handler for SeedSigner {
 }
 
 /// A mutex whose holder panicked is still consistent here: state is replaced only whole.
+/// A channel's signer and its public keys, derived together once.
+#[derive(Clone)]
+struct ChannelKeys {
+    signer: Arc<InMemorySigner>,
+    pubkeys: Arc<ChannelPublicKeys>,
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()

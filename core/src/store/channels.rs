@@ -1,6 +1,6 @@
 //! The `channels` table: the latest known state of each channel, kept in step from LDK events.
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::sqlval::{opt, U64};
 use super::{validate, ChannelRow, ChannelStatus, Store, StoreError};
@@ -24,15 +24,13 @@ impl Store {
         if let Some(txid) = &row.funding_txid {
             validate::hash32("funding_txid", txid)?;
         }
-        self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let merged = match select(&tx, &row.node_id, &row.channel_id)? {
-                Some(old) => merge(old, row),
+        let row = row.clone();
+        self.write(move |conn| {
+            let merged = match select(conn, &row.node_id, &row.channel_id)? {
+                Some(old) => merge(old, &row),
                 None => row.clone(),
             };
-            write(&tx, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))?;
-            tx.commit()?;
-            Ok(())
+            write(conn, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))
         })
     }
 
@@ -42,12 +40,12 @@ impl Store {
         node_id: &str,
         channel_id: &str,
     ) -> Result<Option<ChannelRow>, StoreError> {
-        self.with_conn(|conn| Ok(select(conn, node_id, channel_id)?))
+        self.read(|conn| Ok(select(conn, node_id, channel_id)?))
     }
 
     /// All channels of a node, in the order they were first recorded.
     pub fn channels(&self, node_id: &str) -> Result<Vec<ChannelRow>, StoreError> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM channels WHERE node_id = ?1 ORDER BY rowid"
             ))?;

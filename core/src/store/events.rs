@@ -18,7 +18,8 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let json = serde_json::to_string(data)
             .map_err(|e| StoreError::InvalidValue(format!("event data: {e}")))?;
-        self.with_conn(|conn| {
+        let (node_id, kind) = (node_id.to_owned(), kind.to_owned());
+        self.write(move |conn| {
             Ok(conn
                 .prepare_cached(
                     "INSERT INTO events (node_id, kind, data, created_at)
@@ -36,7 +37,7 @@ impl Store {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, node_id, kind, data, created_at FROM events
                  WHERE node_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",

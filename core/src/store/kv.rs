@@ -33,6 +33,21 @@ impl KvStore {
         }
     }
 
+    /// What a write needs to own: it runs on the writer thread.
+    fn owned(
+        &self,
+        primary: &str,
+        secondary: &str,
+        key: &str,
+    ) -> (Arc<str>, String, String, String) {
+        (
+            self.scope.clone(),
+            primary.to_owned(),
+            secondary.to_owned(),
+            key.to_owned(),
+        )
+    }
+
     /// The scope this store reads and writes.
     pub fn scope(&self) -> &str {
         &self.scope
@@ -58,7 +73,7 @@ impl KVStoreSync for KvStore {
         check_key(primary_namespace, secondary_namespace, key)?;
         let value = self
             .store
-            .with_conn(|conn| {
+            .read(|conn| {
                 Ok(conn
                     .prepare_cached(
                         "SELECT value FROM kv WHERE scope = ?1 AND primary_namespace = ?2
@@ -87,21 +102,17 @@ impl KVStoreSync for KvStore {
         buf: Vec<u8>,
     ) -> Result<(), io::Error> {
         check_key(primary_namespace, secondary_namespace, key)?;
+        let (scope, primary, secondary, key) =
+            self.owned(primary_namespace, secondary_namespace, key);
         self.store
-            .with_conn(|conn| {
+            .write(move |conn| {
                 conn.prepare_cached(
                     "INSERT INTO kv (scope, primary_namespace, secondary_namespace, key, value)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (scope, primary_namespace, secondary_namespace, key)
                      DO UPDATE SET value = excluded.value",
                 )?
-                .execute(rusqlite::params![
-                    &*self.scope,
-                    primary_namespace,
-                    secondary_namespace,
-                    key,
-                    buf
-                ])?;
+                .execute(rusqlite::params![&*scope, primary, secondary, key, buf])?;
                 Ok(())
             })
             .map_err(to_io)
@@ -115,18 +126,15 @@ impl KVStoreSync for KvStore {
         _lazy: bool,
     ) -> Result<(), io::Error> {
         check_key(primary_namespace, secondary_namespace, key)?;
+        let (scope, primary, secondary, key) =
+            self.owned(primary_namespace, secondary_namespace, key);
         self.store
-            .with_conn(|conn| {
+            .write(move |conn| {
                 conn.prepare_cached(
                     "DELETE FROM kv WHERE scope = ?1 AND primary_namespace = ?2
                      AND secondary_namespace = ?3 AND key = ?4",
                 )?
-                .execute([
-                    &*self.scope,
-                    primary_namespace,
-                    secondary_namespace,
-                    key,
-                ])?;
+                .execute([&*scope, &primary, &secondary, &key])?;
                 Ok(())
             })
             .map_err(to_io)
@@ -139,7 +147,7 @@ impl KVStoreSync for KvStore {
     ) -> Result<Vec<String>, io::Error> {
         check_namespaces(primary_namespace, secondary_namespace)?;
         self.store
-            .with_conn(|conn| {
+            .read(|conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT key FROM kv WHERE scope = ?1 AND primary_namespace = ?2
                      AND secondary_namespace = ?3 ORDER BY key",
@@ -158,7 +166,7 @@ impl MigratableKVStore for KvStore {
     /// Every (primary namespace, secondary namespace, key) of this scope.
     fn list_all_keys(&self) -> Result<Vec<(String, String, String)>, io::Error> {
         self.store
-            .with_conn(|conn| {
+            .read(|conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT primary_namespace, secondary_namespace, key FROM kv WHERE scope = ?1
                      ORDER BY primary_namespace, secondary_namespace, key",

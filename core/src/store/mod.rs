@@ -4,9 +4,10 @@
 //! node (or [`HOST_SCOPE`] for the shared graph and scorer), and plain tables (`nodes`,
 //! `channels`, `payments`, `events`) that an operator can query without decoding LDK.
 //!
-//! One connection behind a mutex serves all nodes: SQLite serializes writers anyway, and every
-//! write is committed with `synchronous=FULL` before it returns, because LDK acknowledges a
-//! `ChannelMonitor` update only once it is durable.
+//! Every write is committed with `synchronous=FULL` before it returns, because LDK acknowledges
+//! a `ChannelMonitor` update only once it is durable. Writes go through one writer thread that
+//! commits all writes queued meanwhile together ([`writer`]: group commit); reads use their
+//! own connection, which WAL lets run beside the writer.
 
 mod channels;
 mod error;
@@ -20,6 +21,7 @@ mod payments;
 mod rows;
 mod sqlval;
 mod validate;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -38,6 +40,7 @@ pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};
 pub use rows::{
     ChannelRow, ChannelStatus, Direction, EventRow, NodeRow, PaymentRow, PaymentStatus,
 };
+pub use writer::WriteStats;
 
 /// The [`KvStore`] scope of data shared by all nodes of the host (network graph, scorer).
 pub const HOST_SCOPE: &str = "";
@@ -50,8 +53,10 @@ pub struct Store {
 }
 
 struct Inner {
-    // Field order is drop order: the connection closes before the lock is released, so the
-    // next owner never sees a file that is still being written.
+    // Field order is drop order: queued writes finish and both connections close before the
+    // lock is released, so the next owner never sees a file that is still being written.
+    writer: writer::Writer,
+    /// The read connection (`query_only`): reads never wait for a commit's fsync.
     conn: Mutex<Connection>,
     path: PathBuf,
     _lock: File,
@@ -67,10 +72,12 @@ impl Store {
     /// and foreign keys and applies pending migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let lock = lock::acquire(path)?;
-        let conn = open::connect(path)?;
+        let writer = writer::Writer::start(open::connect(path)?)?;
+        let reader = open::connect_reader(path)?;
         Ok(Store {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                writer,
+                conn: Mutex::new(reader),
                 path: path.to_path_buf(),
                 _lock: lock,
             }),
@@ -87,8 +94,22 @@ impl Store {
         KvStore::new(self.clone(), scope)
     }
 
-    /// Runs `f` with the connection, holding the mutex for its whole duration.
-    fn with_conn<T>(
+    /// Writes and commits so far (group commit: writes per commit above 1 saved fsyncs).
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.writer.stats()
+    }
+
+    /// Runs `f` in the next group commit; returns once its changes are durable. `f` runs
+    /// atomically: on error none of its changes remain.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.inner.writer.write(f)
+    }
+
+    /// Runs `f` with the read connection, holding its mutex for its whole duration.
+    fn read<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

@@ -11,7 +11,8 @@ impl Store {
     /// the first insert.
     pub fn upsert_node(&self, row: &NodeRow) -> Result<(), StoreError> {
         validate::node_id("node_id", &row.node_id)?;
-        self.with_conn(|conn| {
+        let row = row.clone();
+        self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO nodes (node_id, alias, listen_addr, status, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -33,7 +34,7 @@ impl Store {
 
     /// The node with this id, if any.
     pub fn node(&self, node_id: &str) -> Result<Option<NodeRow>, StoreError> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             Ok(conn
                 .prepare_cached(&format!("SELECT {COLUMNS} FROM nodes WHERE node_id = ?1"))?
                 .query_row([node_id], from_row)
@@ -43,7 +44,7 @@ impl Store {
 
     /// All nodes, oldest first.
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM nodes ORDER BY created_at, node_id"
             ))?;

@@ -33,6 +33,16 @@ pub fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// A second connection to a database [`connect`] already prepared, for reads only: it sees
+/// committed data and can never write.
+pub fn connect_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| classify(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
 fn prepare(path: &Path, conn: &mut Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);

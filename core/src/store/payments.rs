@@ -1,7 +1,7 @@
 //! The `payments` table: one row per (node, payment hash, direction), kept in step from LDK
 //! events, which may arrive twice or late (e.g. replayed after a restart).
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::sqlval::{opt, U64};
 use super::{validate, Direction, PaymentRow, PaymentStatus, Store, StoreError};
@@ -24,15 +24,13 @@ impl Store {
         if let Some(preimage) = &row.preimage {
             validate::hash32("preimage", preimage)?;
         }
-        self.with_conn(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let merged = match select(&tx, &row.node_id, &row.payment_hash, row.direction)? {
-                Some(old) => merge(old, row),
+        let row = row.clone();
+        self.write(move |conn| {
+            let merged = match select(conn, &row.node_id, &row.payment_hash, row.direction)? {
+                Some(old) => merge(old, &row),
                 None => row.clone(),
             };
-            write(&tx, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))?;
-            tx.commit()?;
-            Ok(())
+            write(conn, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))
         })
     }
 
@@ -43,12 +41,12 @@ impl Store {
         payment_hash: &str,
         direction: Direction,
     ) -> Result<Option<PaymentRow>, StoreError> {
-        self.with_conn(|conn| Ok(select(conn, node_id, payment_hash, direction)?))
+        self.read(|conn| Ok(select(conn, node_id, payment_hash, direction)?))
     }
 
     /// All payments of a node, oldest first.
     pub fn payments(&self, node_id: &str) -> Result<Vec<PaymentRow>, StoreError> {
-        self.with_conn(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM payments WHERE node_id = ?1 ORDER BY created_at, rowid"
             ))?;

@@ -3,6 +3,7 @@
 mod kv;
 mod open;
 mod tables;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -210,15 +210,14 @@ fn missing_directory_is_an_io_error() {
 }
 
 #[test]
-fn poisoned_connection_rolls_back_and_keeps_working() {
+fn poisoned_read_connection_rolls_back_and_keeps_working() {
     let dir = TempDir::new();
     let store = Store::open(&dir.db()).unwrap();
+    store.upsert_node(&node(2)).unwrap();
     let clone = store.clone();
     let panicked = std::thread::spawn(move || {
-        let _ = clone.with_conn(|conn| -> Result<(), _> {
-            conn.execute_batch(
-                "BEGIN; INSERT INTO nodes VALUES ('x', 'half-written', NULL, 'running', 0);",
-            )?;
+        let _ = clone.read(|conn| -> Result<(), _> {
+            conn.execute_batch("BEGIN; SELECT count(*) FROM nodes;")?;
             panic!("simulated bug while holding the connection");
         });
     })
@@ -226,11 +225,15 @@ fn poisoned_connection_rolls_back_and_keeps_working() {
     assert!(panicked.is_err());
     assert!(store.inner.conn.is_poisoned());
 
-    store.upsert_node(&node(2)).unwrap();
-    assert_eq!(
-        store.nodes().unwrap(),
-        vec![node(2)],
-        "the half write is gone"
-    );
+    store.upsert_node(&node(3)).unwrap();
+    assert_eq!(store.nodes().unwrap(), vec![node(2), node(3)]);
     assert!(!store.inner.conn.is_poisoned());
+}
+
+#[test]
+fn the_read_connection_cannot_write() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.db()).unwrap();
+    let write = store.read(|conn| Ok(conn.execute("DELETE FROM nodes", [])?));
+    assert!(matches!(write, Err(StoreError::Sqlite(_))), "{write:?}");
 }
