@@ -189,6 +189,9 @@ async fn hosts_open_pay_restart_and_close() {
         channel_to(v, &b0).map(|c| c["pending_htlcs"] == 0) == Some(true)
     })
     .await;
+    // No HTLC listed does not mean the last commitment dance is over: LDK writes monitors
+    // at once and the manager from the driver, a moment later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     a.kill9().await;
     {
         let store = Store::open(&a_db).expect("lock released by the kill");

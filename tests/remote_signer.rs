@@ -335,7 +335,48 @@ async fn signer_policy_memory_and_crash() {
     // And the node keeps working with the restarted signer.
     pay(&mut host, "p1", "p0", 1_000_000).await.unwrap();
 
+    // Signer away (nothing in flight): the nodes park. Peers are dropped, p0 connects to
+    // nobody, and p0's port closes new connections at once; an attached node's port waits
+    // for the noise handshake instead.
+    assert_eq!(first_read(&host.addr("p0")).await, None);
+    signer.kill9().await;
+    host.wait_for("parked: peer dropped", req("channels", "p0"), |v| {
+        channel_to(v, &p1).map(|c| c["usable"] == false) == Some(true)
+    })
+    .await;
+    let refused = host
+        .call(json!({"cmd": "connect", "node": "p0", "peer": p1, "addr": p1_addr}))
+        .await
+        .expect_err("a parked node connects to nobody");
+    assert!(refused.contains("signer"), "{refused}");
+    assert_eq!(
+        first_read(&host.addr("p0")).await,
+        Some(0),
+        "a parked node's port kept a new connection open"
+    );
+    // The signer returns: peers come back by themselves and payments flow again.
+    signer.restart().unwrap();
+    host.wait_for("unparked: peer back", req("channels", "p0"), |v| {
+        channel_to(v, &p1).map(|c| c["usable"] == true) == Some(true)
+    })
+    .await;
+    assert_eq!(first_read(&host.addr("p0")).await, None);
+    pay(&mut host, "p0", "p1", 1_000_000).await.unwrap();
+
     host.stop().await;
     signer.kill9().await;
     chain.stop().await.unwrap();
+}
+
+/// Connects to `addr` and reads once: `Some(0)` if the other side closed the connection,
+/// `None` if it sent nothing within a second (a Lightning node waits for the initiator).
+async fn first_read(addr: &str) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+        Ok(Ok(n)) => Some(n),
+        Ok(Err(_)) => Some(0),
+        Err(_) => None,
+    }
 }

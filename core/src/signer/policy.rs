@@ -229,6 +229,38 @@ impl Policy {
         Ok(())
     }
 
+    /// A channel's parameters are those of the first signature for it: a host that later
+    /// names other counterparty keys, funding outpoint or value for it is refused. `pin`
+    /// records them if none are yet (signing and validating commitments); other requests
+    /// only check.
+    pub fn channel_parameters(
+        &self,
+        state: &mut SignerState,
+        keys_id: &KeysId,
+        digest: &str,
+        pin: bool,
+    ) -> Result<(), Refusal> {
+        let pinned = state
+            .channels
+            .get(keys_id)
+            .and_then(|c| c.parameters.as_deref());
+        match pinned {
+            Some(pinned) if pinned != digest => Err(Refusal::new(
+                "channel_parameters_changed",
+                format!(
+                    "channel {} was signed for with other parameters",
+                    keys_id.to_lower_hex_string()
+                ),
+            )),
+            Some(_) => Ok(()),
+            None if pin => {
+                state.channels.entry(*keys_id).or_default().parameters = Some(digest.to_owned());
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The peer signed our commitment `view.number`: remember the newest, and the HTLCs
     /// offered to us in it.
     pub fn validate_holder_commitment(

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::bech32::Fe32;
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
-use bitcoin::hashes::Hash;
+use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::{All, PublicKey, Scalar, Secp256k1, SecretKey};
 use bitcoin::{
@@ -33,7 +33,7 @@ use lightning::sign::{
     ChannelSigner, EntropySource, InMemorySigner, KeysManager, NodeSigner, OutputSpender,
     Recipient, SignerProvider, SpendableOutputDescriptor,
 };
-use lightning::util::ser::LengthReadable;
+use lightning::util::ser::{LengthReadable, Writeable};
 use lightning_invoice::RawBolt11Invoice;
 
 use super::policy::{ApprovalHook, CommitmentView, PaymentApproval, Policy, Refusal};
@@ -227,14 +227,15 @@ impl SeedSigner {
         SignerError::Malformed(reason)
     }
 
-    /// The parameters must be complete (LDK asserts it) and name this channel's own keys, so
-    /// the host cannot make the signer sign for a channel it does not know.
+    /// The parameters must be complete (LDK asserts it), name this channel's own keys, so
+    /// the host cannot make the signer sign for a channel it does not know, and be those the
+    /// channel was first signed with. Returns their digest (see `Policy::channel_parameters`).
     fn check_params(
         &self,
         kind: &str,
         keys_id: &KeysId,
         params: &ChannelTransactionParameters,
-    ) -> Result<(), SignerError> {
+    ) -> Result<String, SignerError> {
         if !params.is_populated() {
             return Err(self.malformed(kind, "channel parameters are not populated"));
         }
@@ -257,7 +258,11 @@ impl SeedSigner {
                 self.malformed(kind, "holder keys in the parameters are not this channel's")
             );
         }
-        Ok(())
+        let digest = sha256::Hash::hash(&params.encode()).to_string();
+        self.policy
+            .channel_parameters(&mut lock(&self.kept).state, keys_id, &digest, false)
+            .map_err(|r| self.refuse(kind, r))?;
+        Ok(digest)
     }
 
     fn check_input(&self, kind: &str, tx: &Transaction, input: u32) -> Result<usize, SignerError> {
@@ -570,7 +575,7 @@ impl SeedSigner {
             });
         };
         let signer = self.channel(&keys_id);
-        self.check_params(kind, &keys_id, &params)?;
+        let digest = self.check_params(kind, &keys_id, &params)?;
         let trusted = tx
             .verify(&params.as_holder_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
@@ -611,6 +616,9 @@ impl SeedSigner {
         let view = view_of(&tx, trusted.txid().to_byte_array(), false);
         self.transact(|state| {
             self.policy
+                .channel_parameters(state, &keys_id, &digest, true)
+                .map_err(|r| self.refuse(kind, r))?;
+            self.policy
                 .validate_holder_commitment(state, &keys_id, &view);
             Ok(Response::Accepted)
         })
@@ -626,7 +634,7 @@ impl SeedSigner {
         outbound_preimages: Vec<lightning::types::payment::PaymentPreimage>,
     ) -> Result<Response, SignerError> {
         let signer = self.channel(&keys_id);
-        self.check_params(kind, &keys_id, &params)?;
+        let digest = self.check_params(kind, &keys_id, &params)?;
         let txid = tx
             .verify(&params.as_counterparty_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?
@@ -635,6 +643,9 @@ impl SeedSigner {
         let view = view_of(&tx, txid.to_byte_array(), true);
         let now = (self.clock)();
         self.transact(|state| {
+            self.policy
+                .channel_parameters(state, &keys_id, &digest, true)
+                .map_err(|r| self.refuse(kind, r))?;
             self.policy
                 .sign_counterparty_commitment(state, &keys_id, &view, now)
                 .map_err(|r| self.refuse(kind, r))?;
@@ -1380,6 +1391,47 @@ mod tests {
             msg_type: 999,
             msg: ours.encode(),
         }));
+    }
+
+    #[test]
+    fn a_channel_keeps_the_parameters_it_was_first_signed_with() {
+        let signer = signer();
+        let ch = Channel::open(&signer, 1);
+        ch.sign_counterparty(&signer, ch.counterparty_tx(TOP - 1, 400_000, vec![]))
+            .expect("the first signature pins the parameters");
+        // The host names another peer for the same channel keys: refused.
+        let other_peer = ldk_keys(&PEER_SEED).derive_channel_keys(&[99; 32]);
+        let mut params = ch.params.clone();
+        params.counterparty_parameters = Some(CounterpartyChannelTransactionParameters {
+            pubkeys: other_peer.pubkeys(&ch.secp),
+            selected_contest_delay: 144,
+        });
+        let swapped = Channel {
+            keys_id: ch.keys_id,
+            params,
+            peer: other_peer,
+            secp: Secp256k1::new(),
+        };
+        refused(
+            swapped.sign_counterparty(&signer, swapped.counterparty_tx(TOP - 2, 400_000, vec![])),
+            "channel_parameters_changed",
+        );
+        // Or another channel value.
+        let mut params = ch.params.clone();
+        params.channel_value_satoshis += 1;
+        let resized = Channel {
+            keys_id: ch.keys_id,
+            params,
+            peer: ch.peer.clone(),
+            secp: Secp256k1::new(),
+        };
+        refused(
+            resized.sign_counterparty(&signer, resized.counterparty_tx(TOP - 2, 400_000, vec![])),
+            "channel_parameters_changed",
+        );
+        // The channel's own parameters still sign.
+        ch.sign_counterparty(&signer, ch.counterparty_tx(TOP - 2, 400_000, vec![]))
+            .expect("the pinned parameters");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct SignedCommitment {
 /// What the signer remembers about one channel (by its keys id).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelState {
+    /// Digest (hex) of the channel's parameters when the signer first signed for it: both
+    /// sides' keys, funding outpoint and value. Every later request must name the same.
+    #[serde(default)]
+    pub parameters: Option<String>,
     pub last_counterparty: Option<SignedCommitment>,
     /// HTLCs we offered, as they stand in the last signed counterparty commitment: an
     /// outgoing HTLC not in here is new spending.
