@@ -33,9 +33,6 @@ const TICK_BATCH: usize = 64;
 /// which would otherwise spin the task while, say, the database stays unavailable.
 const REPLAY_PAUSE: Duration = Duration::from_millis(250);
 
-/// How often a parked node with HTLCs waiting checks whether its signer is back.
-const PARKED_FORWARD_RECHECK: Duration = Duration::from_millis(250);
-
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), ReplayEvent>> + Send>>;
 
 /// Runs one node's event handling, HTLC forwarding and channel-manager persistence until the
@@ -63,6 +60,10 @@ pub(crate) async fn drive(node: Arc<Node>) {
     cm.timer_tick_occurred();
     node.chain_monitor.rebroadcast_pending_claims();
     let mut forwards_due: Option<Instant> = None;
+    // HTLCs are due but the signer is away: decoding their onions needs it (ECDH), so they
+    // wait for it (their expiry is hours away) rather than fail.
+    let mut held = false;
+    let mut attached = node.link.attached();
     loop {
         if *stop.borrow() {
             break;
@@ -85,17 +86,15 @@ pub(crate) async fn drive(node: Arc<Node>) {
         if cm.needs_pending_htlc_processing() {
             let due = *forwards_due.get_or_insert_with(|| Instant::now() + forward_delay(&node));
             if Instant::now() >= due {
-                if node.link.is_attached() {
+                held = !node.link.is_attached();
+                if !held {
                     cm.process_pending_htlc_forwards();
                     forwards_due = None;
-                } else {
-                    // Decoding the onions needs the signer (ECDH): while it is away the HTLCs
-                    // wait (their expiry is hours away) rather than fail.
-                    forwards_due = Some(Instant::now() + PARKED_FORWARD_RECHECK);
                 }
             }
         } else {
             forwards_due = None;
+            held = false;
         }
 
         if !persist_if_needed(&node) {
@@ -111,6 +110,11 @@ pub(crate) async fn drive(node: Arc<Node>) {
         }
         let forwards = async {
             match forwards_due {
+                Some(_) if held => {
+                    if attached.wait_for(|a| *a).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
                 Some(due) => tokio::time::sleep_until(due).await,
                 None => std::future::pending().await,
             }
