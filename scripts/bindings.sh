@@ -23,6 +23,8 @@ case "$(uname -s)" in
     *) LIB=$LIB_DIR/libflotilla.so ;;
 esac
 BINDGEN=$LIB_DIR/flotilla-bindgen
+# The host (and btcd through `flotilla regtest`) the RemoteSigner tests sign for.
+export FLOTILLA_BIN=$LIB_DIR/flotilla
 VENV=$TARGET_DIR/bindings-venv
 WHEEL_DIR=$TARGET_DIR/wheels
 # maturin runs `uniffi-bindgen` from PATH; this directory makes that our own build of it.
@@ -40,9 +42,10 @@ die() {
 }
 
 build_library() {
-    say "cargo build --release -p flotilla-bindings"
-    cargo build --release -p flotilla-bindings || die "cargo build failed"
+    say "cargo build --release -p flotilla-bindings -p flotilla-core"
+    cargo build --release -p flotilla-bindings -p flotilla-core || die "cargo build failed"
     [ -f "$LIB" ] || die "missing $LIB after build"
+    [ -x "$FLOTILLA_BIN" ] || die "missing $FLOTILLA_BIN after build"
     [ -x "$BINDGEN" ] || die "missing $BINDGEN after build"
     mkdir -p "$SHIM_DIR"
     ln -sf "$BINDGEN" "$SHIM_DIR/uniffi-bindgen"
@@ -95,7 +98,8 @@ kotlin_tests() {
     say "Kotlin: mvn test (JNA loads $LIB)"
     command -v mvn >/dev/null || { echo "mvn not found" >&2; return 1; }
     mvn -B -ntp -f kotlin/pom.xml test \
-        "-Dflotilla.lib.dir=$LIB_DIR" "-Dflotilla.generated.dir=$KOTLIN_GEN"
+        "-Dflotilla.lib.dir=$LIB_DIR" "-Dflotilla.generated.dir=$KOTLIN_GEN" \
+        "-Dflotilla.bin=$FLOTILLA_BIN"
 }
 
 swift_tests() {

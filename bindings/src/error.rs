@@ -2,7 +2,10 @@
 //! in Python and Swift, with one subclass (or case) per kind of bad input.
 
 use flotilla_core::signer::config::ConfigError;
+use flotilla_core::signer::dial::DialError;
+use flotilla_core::signer::embedded::EmbedError;
 use flotilla_core::signer::seed::SeedError;
+use flotilla_core::signer::service::SetupError;
 
 /// Flat: foreign code sees the variant and the Rust message, nothing it would have to keep in
 /// step with core's richer error types.
@@ -18,6 +21,15 @@ pub enum FlotillaError {
     /// A policy limit is negative or beyond all bitcoin that exists.
     #[error("{0}")]
     InvalidLimit(String),
+    /// The CA PEM holds no usable certificate.
+    #[error("{0}")]
+    InvalidCa(String),
+    /// The signer's state cannot be used: another signer holds it, or it is unreadable.
+    #[error("{0}")]
+    StateUnavailable(String),
+    /// The signer could not start (its thread or its keys).
+    #[error("{0}")]
+    StartFailed(String),
 }
 
 impl From<SeedError> for FlotillaError {
@@ -34,6 +46,20 @@ impl From<ConfigError> for FlotillaError {
             ConfigError::NegativeLimit { .. } | ConfigError::LimitTooLarge { .. } => {
                 FlotillaError::InvalidLimit(e.to_string())
             }
+        }
+    }
+}
+
+impl From<EmbedError> for FlotillaError {
+    fn from(e: EmbedError) -> Self {
+        let text = e.to_string();
+        match e {
+            EmbedError::Dial(DialError::Url { .. }) => FlotillaError::InvalidHostUrl(text),
+            EmbedError::Dial(DialError::Ca | DialError::Tls(_)) => FlotillaError::InvalidCa(text),
+            EmbedError::State(_) | EmbedError::Setup(SetupError::State(_)) => {
+                FlotillaError::StateUnavailable(text)
+            }
+            EmbedError::Setup(_) | EmbedError::Runtime(_) => FlotillaError::StartFailed(text),
         }
     }
 }

@@ -5,9 +5,13 @@
 //! foreign language (so the release profile must keep `panic = "unwind"`).
 
 mod error;
+mod remote_signer;
 mod signer;
 
 pub use error::FlotillaError;
+pub use remote_signer::{
+    ApproverError, Network, PaymentApprover, PaymentToApprove, RemoteSigner, SignerStatus,
+};
 pub use signer::{node_id_from_seed, PolicyLimits, SignerConfig};
 
 uniffi::setup_scaffolding!();

@@ -124,8 +124,24 @@ pub async fn serve_with_stats(
     Ok(())
 }
 
+/// Checks the URL and the CA as [`serve`] will, without a runtime or a connection.
+pub fn check(config: &DialConfig) -> Result<(), DialError> {
+    endpoint(config).map(drop)
+}
+
 /// One lazily connected channel: it connects on first use and reconnects after a failure.
 fn channel(config: &DialConfig) -> Result<Channel, DialError> {
+    Ok(endpoint(config)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// The hub's endpoint: https only, trusting `config.ca_pem` alone.
+fn endpoint(config: &DialConfig) -> Result<Endpoint, DialError> {
     let url_error = |reason: String| DialError::Url {
         url: config.host_url.clone(),
         reason,
@@ -142,15 +158,7 @@ fn channel(config: &DialConfig) -> Result<Channel, DialError> {
         return Err(DialError::Ca);
     }
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&config.ca_pem));
-    Ok(endpoint
-        .tls_config(tls)
-        .map_err(DialError::Tls)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    endpoint.tls_config(tls).map_err(DialError::Tls)
 }
 
 /// How one attach ended.

@@ -3,6 +3,7 @@
 pub mod channel_proxy;
 pub mod config;
 pub mod dial;
+pub mod embedded;
 pub mod hub;
 pub mod in_process;
 pub mod link;

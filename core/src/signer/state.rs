@@ -6,7 +6,7 @@
 //! updated value before it returns the answer that depends on it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -93,6 +93,9 @@ pub enum StateError {
     },
     #[error("signer state file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// Two signers answering from one state would each approve against half the history.
+    #[error("signer state file {path} is in use by another signer")]
+    Locked { path: PathBuf },
 }
 
 /// Keeps a node's [`SignerState`].
@@ -127,22 +130,36 @@ impl StateStore for MemoryStateStore {
 }
 
 /// State in one JSON file per node, replaced atomically (temp file, fsync, rename, fsync of
-/// the directory), so a crash leaves either the old or the new state, never a mix.
+/// the directory), so a crash leaves either the old or the new state, never a mix. An OS lock
+/// on `<node_id>.signer-state.lock` keeps a second signer (process or in-process instance) off
+/// the same state; the kernel releases it when the holder dies.
 #[derive(Debug)]
 pub struct FileStateStore {
     path: PathBuf,
+    _lock: File,
 }
 
 impl FileStateStore {
     /// The store for `node_id` in `dir` (created if missing): `dir/<node_id>.signer-state.json`.
+    /// Refused with [`StateError::Locked`] while another store holds it.
     pub fn in_dir(dir: &Path, node_id: &PublicKey) -> Result<Self, StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        Ok(FileStateStore {
-            path: dir.join(format!("{node_id}.signer-state.json")),
-        })
+        let io = |path: PathBuf| move |source| StateError::Io { path, source };
+        fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let path = dir.join(format!("{node_id}.signer-state.json"));
+        let lock_path = path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(lock_path.clone()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StateError::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(io(lock_path)(e)),
+        }
+        Ok(FileStateStore { path, _lock: lock })
     }
 
     pub fn path(&self) -> &Path {
@@ -287,11 +304,26 @@ mod tests {
         let mut store = FileStateStore::in_dir(&dir.path().join("sub"), &node()).expect("store");
         assert_eq!(store.load().expect("empty"), SignerState::default());
         store.save(&sample()).expect("save");
+        let path = store.path().to_path_buf();
+        drop(store);
         let mut reopened = FileStateStore::in_dir(&dir.path().join("sub"), &node()).expect("open");
         assert_eq!(reopened.load().expect("load"), sample());
-        assert!(!store.path().with_extension("json.tmp").exists());
-        let text = fs::read_to_string(store.path()).expect("read");
+        assert!(!path.with_extension("json.tmp").exists());
+        let text = fs::read_to_string(&path).expect("read");
         assert!(text.contains(&"07".repeat(32)), "{text}");
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_state_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = FileStateStore::in_dir(dir.path(), &node()).expect("first");
+        let second = FileStateStore::in_dir(dir.path(), &node());
+        assert!(
+            matches!(second, Err(StateError::Locked { .. })),
+            "{second:?}"
+        );
+        drop(first);
+        FileStateStore::in_dir(dir.path(), &node()).expect("free again");
     }
 
     #[test]
