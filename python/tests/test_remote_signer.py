@@ -1,10 +1,12 @@
 """RemoteSigner end to end: the bindings' signer holds a hosted node's keys, dials a real
 `flotilla host` over TLS (btcd regtest, real channel, real payments) and asks the app's
-PaymentApprover before each outgoing payment. Declines and failing approvers refuse the payment
-and leave the host consistent."""
+PaymentApprover before each outgoing payment. Declines, failing approvers and the fee cap
+refuse and leave the host consistent."""
 
 import hashlib
+import sqlite3
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +24,7 @@ from hosted import Host, HostError, Regtest
 
 PAYER_SEED = hashlib.sha256(b"flotilla python payer").digest()
 PAYEE_SEED = hashlib.sha256(b"flotilla python payee").digest()
+CAPPED_SEED = hashlib.sha256(b"flotilla python capped").digest()
 FUND_SAT = 1_000_000
 CHANNEL_SAT = 500_000
 PAY_MSAT = 7_000_000
@@ -45,28 +48,33 @@ class Approver(PaymentApprover):
 
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory):
-    """A host with a payer and a payee node, both signed for by RemoteSigners in this process,
-    and a usable channel from payer to payee."""
+    """A host with three nodes, each signed for by a RemoteSigner in this process: a payer
+    (with the approver) with a usable channel to a payee, and a node whose signer caps fees."""
     dir = tmp_path_factory.mktemp("hosted")
     chain = Regtest(dir / "regtest")
     host = None
-    signers = []
+    signers = {}
     try:
         chain.mine(101)
-        host = Host(dir, chain.chain_json, {
-            "payer": node_id_from_seed(PAYER_SEED),
-            "payee": node_id_from_seed(PAYEE_SEED),
-        })
+        seeds = {"payer": PAYER_SEED, "payee": PAYEE_SEED, "capped": CAPPED_SEED}
+        host = Host(dir, chain.chain_json, {a: node_id_from_seed(s) for a, s in seeds.items()})
         approver = Approver()
-        for name, seed, hook in [("payer", PAYER_SEED, approver), ("payee", PAYEE_SEED, None)]:
-            config = SignerConfig(seed, host.hub_url, PolicyLimits(max_payment_msat=50_000_000))
-            signers.append(RemoteSigner.start(config, Network.REGTEST, host.ca_pem,
-                                              str(dir / f"{name}-state"), hook))
+        limits = {
+            "payer": PolicyLimits(max_payment_msat=50_000_000),
+            "payee": PolicyLimits(),
+            "capped": PolicyLimits(max_fee_sat=10),
+        }
+        for alias, seed in seeds.items():
+            config = SignerConfig(seed, host.hub_url, limits[alias])
+            signers[alias] = RemoteSigner.start(config, Network.REGTEST, host.ca_pem,
+                                                str(dir / f"{alias}-state"),
+                                                approver if alias == "payer" else None)
         host.ready()
         host.open_channel(chain, "payer", "payee", FUND_SAT, CHANNEL_SAT)
-        yield host, approver, signers[0], dir
+        yield SimpleNamespace(host=host, chain=chain, approver=approver,
+                              signer=signers["payer"], dir=dir)
     finally:
-        for signer in signers:
+        for signer in signers.values():
             signer.stop()
         if host is not None:
             host.close()
@@ -86,7 +94,7 @@ def settled(host: Host) -> dict:
 
 
 def test_approved_payment_is_signed_and_settles(hosted):
-    host, approver, signer, _ = hosted
+    host, approver, signer = hosted.host, hosted.approver, hosted.signer
     approver.decision = "yes"
     before = settled(host)["outbound_msat"]
     paid = pay(host)
@@ -104,7 +112,7 @@ def test_approved_payment_is_signed_and_settles(hosted):
 
 @pytest.mark.parametrize("decision", ["no", "raise"])
 def test_declined_payment_is_refused_and_nothing_moves(hosted, decision):
-    host, approver, signer, _ = hosted
+    host, approver, signer = hosted.host, hosted.approver, hosted.signer
     approver.decision = decision
     before = settled(host)["outbound_msat"]
     asked = len(approver.seen)
@@ -123,7 +131,7 @@ def test_declined_payment_is_refused_and_nothing_moves(hosted, decision):
 
 
 def test_policy_limit_refuses_before_the_approver_is_asked(hosted):
-    host, approver, _, _ = hosted
+    host, approver = hosted.host, hosted.approver
     approver.decision = "yes"
     asked = len(approver.seen)
     with pytest.raises(HostError, match="max_payment"):
@@ -132,10 +140,10 @@ def test_policy_limit_refuses_before_the_approver_is_asked(hosted):
 
 
 def test_second_signer_on_the_same_state_is_refused(hosted):
-    host, _, _, dir = hosted
-    config = SignerConfig(PAYER_SEED, host.hub_url, PolicyLimits())
+    config = SignerConfig(PAYER_SEED, hosted.host.hub_url, PolicyLimits())
     with pytest.raises(FlotillaError.StateUnavailable):
-        RemoteSigner.start(config, Network.REGTEST, host.ca_pem, str(dir / "payer-state"), None)
+        RemoteSigner.start(config, Network.REGTEST, hosted.host.ca_pem,
+                           str(hosted.dir / "payer-state"), None)
 
 
 def test_bad_ca_is_refused(tmp_path):
@@ -145,9 +153,34 @@ def test_bad_ca_is_refused(tmp_path):
 
 
 def test_stop_is_idempotent(tmp_path, hosted):
-    host, _, _, _ = hosted
+    host = hosted.host
     config = SignerConfig(hashlib.sha256(b"unregistered").digest(), host.hub_url, PolicyLimits())
     signer = RemoteSigner.start(config, Network.REGTEST, host.ca_pem, str(tmp_path), None)
     signer.stop()
     signer.stop()
     assert not signer.status().running
+
+
+def test_fee_cap_refuses_the_funding_and_the_host_abandons_the_channel(hosted):
+    host, chain = hosted.host, hosted.chain
+    chain.fund(host.call("address", node="capped"), FUND_SAT)
+    host.wait_for("funded wallet", "balance",
+                  lambda b: b["wallet"]["confirmed_sat"] == FUND_SAT, node="capped")
+    payee = host.nodes["payee"]
+    host.call("connect", node="capped", peer=payee["node_id"], addr=payee["addr"])
+    host.call("open", node="capped", peer=payee["node_id"], sat=CHANNEL_SAT)
+    assert host.call("channels", node="capped"), "the open starts a channel"
+    # The signer refuses the funding transaction's fee (above 10 sat): the host abandons the
+    # channel, spends nothing and records why in its plain events table.
+    host.wait_for("channel abandoned", "channels", lambda c: c == [], node="capped")
+    balance = host.call("balance", node="capped")["wallet"]
+    assert balance["confirmed_sat"] == FUND_SAT
+    capped = host.nodes["capped"]["node_id"]
+    db = sqlite3.connect(f"file:{hosted.dir / 'host.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT data FROM events WHERE node_id = ? AND kind = 'funding_failed'",
+                          (capped,)).fetchall()
+    finally:
+        db.close()
+    assert rows, f"no funding_failed event for {capped}"
+    assert "max_fee" in rows[0][0], rows
