@@ -25,6 +25,8 @@ struct TestSigner {
     claimed: PublicKey,
     /// Sequence numbers of `SignMessage` requests, in the order they were handled.
     seen: Mutex<Vec<u64>>,
+    /// `ApprovePayment` waits until this turns true (a person deciding).
+    approve: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl TestSigner {
@@ -35,6 +37,7 @@ impl TestSigner {
             keys,
             claimed,
             seen: Mutex::new(Vec::new()),
+            approve: Default::default(),
         })
     }
 
@@ -45,11 +48,17 @@ impl TestSigner {
             keys,
             claimed,
             seen: Mutex::new(Vec::new()),
+            approve: Default::default(),
         })
     }
 
     fn secret(&self) -> SecretKey {
         self.keys.get_node_secret_key()
+    }
+
+    fn decide(&self) {
+        *self.approve.0.lock().unwrap() = true;
+        self.approve.1.notify_all();
     }
 }
 
@@ -98,6 +107,12 @@ impl Handler for TestSigner {
                 }
                 self.seen.lock().unwrap().push(seq);
                 Ok(Response::Message(seq.to_string()))
+            }
+            Request::ApprovePayment { .. } => {
+                let (decided, changed) = &self.approve;
+                let guard = decided.lock().unwrap();
+                drop(changed.wait_while(guard, |d| !*d).unwrap());
+                Ok(Response::Accepted)
             }
             other => Err(SignerError::Refused(format!(
                 "{} is not served in this test",
@@ -275,6 +290,45 @@ async fn calls_reach_the_right_node_in_order_over_one_connection() {
     signer.stop().await;
     wait_attached(&ta, false).await;
     wait_attached(&tc, false).await;
+    host.hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_waiting_for_approval_does_not_hold_up_the_nodes_other_requests() {
+    let host = Host::start().await;
+    let a = TestSigner::new(4);
+    let ta = host.hub.register(a.node_id());
+    let signer = Signer::spawn(host.config(), vec![a.clone()]);
+    wait_attached(&ta, true).await;
+    let link = SignerLink::new(a.node_id(), ta.clone());
+
+    let (tx, mut approved) = mpsc::unbounded_channel();
+    ta.send(
+        Request::ApprovePayment {
+            payment_hash: [7; 32],
+            amount_msat: 1_000,
+            destination: point(1),
+        },
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    // Requests sent after it are answered, in order, while the approval is undecided.
+    for seq in 0..20u64 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), link.call(message(seq, false)))
+            .await
+            .expect("answered while an approval waits");
+        assert!(matches!(answer, Ok(Response::Message(m)) if m == seq.to_string()));
+    }
+    assert!(approved.try_recv().is_err(), "approved before the decision");
+    a.decide();
+    let answer = tokio::time::timeout(Duration::from_secs(5), approved.recv()).await;
+    assert!(
+        matches!(answer, Ok(Some(Ok(Response::Accepted)))),
+        "{answer:?}"
+    );
+    assert_eq!(*a.seen.lock().unwrap(), (0..20u64).collect::<Vec<_>>());
+    signer.stop().await;
     host.hub.shutdown().await;
 }
 

@@ -2,7 +2,8 @@
 //! inbound port.
 //!
 //! One TLS connection (one tonic `Channel`) carries one Attach stream per node. Each node's
-//! requests are answered in arrival order on that node's own task; nodes run concurrently.
+//! requests are answered in arrival order on that node's own task (payment approvals, which
+//! may wait on a person, on a blocking thread beside it); nodes run concurrently.
 //! Whatever breaks (host down, stream dropped, refusal because the host has not registered the
 //! node yet) is retried with a bounded backoff until `stop` turns true.
 
@@ -181,7 +182,7 @@ async fn node_loop(
     let node = handler.node_id();
     let mut backoff = MIN_BACKOFF;
     loop {
-        match attach(&mut client, handler.as_ref(), &mut stop, &stats).await {
+        match attach(&mut client, &handler, &mut stop, &stats).await {
             Ended::Stopped => return,
             Ended::AfterAttach => backoff = MIN_BACKOFF,
             Ended::Refused | Ended::Failed => {}
@@ -203,9 +204,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// One Attach stream: prove the node key, then answer requests in order until it ends.
 async fn attach(
     client: &mut SignerHubClient<Channel>,
-    handler: &dyn Handler,
+    handler: &Arc<dyn Handler>,
     stop: &mut watch::Receiver<bool>,
-    stats: &DialStats,
+    stats: &Arc<DialStats>,
 ) -> Ended {
     let node = handler.node_id();
     let (tx, rx) = mpsc::channel::<SignerMessage>(OUTBOUND_QUEUE);
@@ -258,7 +259,24 @@ async fn attach(
             Next::End(_) => return Ended::AfterAttach,
         };
         let (id, request) = decode_request(envelope);
-        let result = request.and_then(|request| handle(handler, request));
+        if let Ok(request @ Request::ApprovePayment { .. }) = request {
+            // The approval hook may wait on a person: answer beside the node's other requests
+            // rather than ahead of them (answers carry ids, so the hub takes them in any order;
+            // the host sends no HTLC for this payment before the answer).
+            let (handler, tx, stats) = (handler.clone(), tx.clone(), stats.clone());
+            tokio::task::spawn_blocking(move || {
+                let answer = encode_response(id, &handler.handle(request));
+                let answer = signer_message::Msg::Response(answer);
+                if tx
+                    .blocking_send(SignerMessage { msg: Some(answer) })
+                    .is_ok()
+                {
+                    stats.answered.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            continue;
+        }
+        let result = request.and_then(|request| handle(handler.as_ref(), request));
         let answer = signer_message::Msg::Response(encode_response(id, &result));
         if tx.send(SignerMessage { msg: Some(answer) }).await.is_err() {
             tracing::info!(%node, "the hub stream closed");
