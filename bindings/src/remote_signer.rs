@@ -59,8 +59,8 @@ impl From<uniffi::UnexpectedUniFFICallbackError> for ApproverError {
 }
 
 /// Implemented by the app: return true to let the payment be signed, false to decline it.
-/// Called on the signer's own thread, after the policy limits passed; the node's other
-/// signatures wait meanwhile, so a person deciding should not take minutes.
+/// Called on a thread of the signer's, after the policy limits passed; the node's other
+/// signatures go on meanwhile, so a person may take their time (the host waits for the answer).
 #[uniffi::export(with_foreign)]
 pub trait PaymentApprover: Send + Sync {
     fn approve(&self, payment: PaymentToApprove) -> Result<bool, ApproverError>;
