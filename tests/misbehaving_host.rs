@@ -447,6 +447,16 @@ impl Channel {
         }
     }
 
+    /// As LDK sends a validation before anything was signed since the host started.
+    fn validate_holder_without_params(&self, tx: HolderCommitmentTransaction) -> Request {
+        Request::ValidateHolderCommitment {
+            keys_id: self.keys_id,
+            params: None,
+            tx,
+            outbound_preimages: vec![],
+        }
+    }
+
     fn release_secret(&self, idx: u64) -> Request {
         Request::ReleaseCommitmentSecret {
             keys_id: self.keys_id,
@@ -707,13 +717,35 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
             .await,
         "invalid_counterparty_signature",
     );
+    // Nor does it without parameters: the signer checks it against the pinned ones.
+    refused(
+        rig.ask(ch.validate_holder_without_params(ch.holder_tx(&rig, TOP - 1, true).await))
+            .await,
+        "invalid_counterparty_signature",
+    );
     refused(
         rig.ask(ch.release_secret(TOP)).await,
         "secret_before_next_commitment",
     );
     accepted(
+        rig.ask(ch.validate_holder_without_params(ch.holder_tx(&rig, TOP - 1, false).await))
+            .await,
+    );
+    accepted(
         rig.ask(ch.validate_holder(ch.holder_tx(&rig, TOP - 1, false).await))
             .await,
+    );
+    // A channel with nothing pinned yet (an inbound one before its first signature): only its
+    // first holder commitment is taken unchecked, later ones must come with parameters.
+    let fresh = Channel::open(&rig, 3).await;
+    accepted(
+        rig.ask(fresh.validate_holder_without_params(fresh.holder_tx(&rig, TOP, false).await))
+            .await,
+    );
+    refused(
+        rig.ask(fresh.validate_holder_without_params(fresh.holder_tx(&rig, TOP - 1, true).await))
+            .await,
+        "channel_parameters_missing",
     );
     match rig.ask(ch.release_secret(TOP)).await {
         Ok(Response::Secret(secret)) => {
@@ -891,25 +923,6 @@ async fn policy_gaps() {
     ch.sign_counterparty_ok(&rig, &ch.counterparty_tx(TOP, TO_US_SAT, vec![]))
         .await;
     let mut gaps = Vec::new();
-
-    // A holder commitment "validated" without parameters (as LDK's first validation of an
-    // inbound channel is sent) is recorded without checking the peer's signature, even for a
-    // channel whose parameters are pinned: the host can then have secrets released early.
-    let forged = ch.holder_tx(&rig, TOP - 1, true).await;
-    let validated = rig
-        .ask(Request::ValidateHolderCommitment {
-            keys_id: ch.keys_id,
-            params: None,
-            tx: forged,
-            outbound_preimages: vec![],
-        })
-        .await;
-    if let Ok(Response::Secret(_)) = rig.ask(ch.release_secret(TOP)).await {
-        gaps.push(format!(
-            "secret_before_next_commitment bypassed: a parameterless validation of an unsigned \
-             commitment TOP-1 was answered {validated:?}, then the secret of TOP was released"
-        ));
-    }
 
     // Our balance moves to the peer without any HTLC: more than the per-payment limit at once.
     let drained = ch.counterparty_tx(TOP - 1, TO_US_SAT - 60_000, vec![]);

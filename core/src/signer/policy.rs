@@ -237,7 +237,7 @@ impl Policy {
         &self,
         state: &mut SignerState,
         keys_id: &KeysId,
-        digest: &str,
+        encoded: &str,
         pin: bool,
     ) -> Result<(), Refusal> {
         let pinned = state
@@ -245,7 +245,7 @@ impl Policy {
             .get(keys_id)
             .and_then(|c| c.parameters.as_deref());
         match pinned {
-            Some(pinned) if pinned != digest => Err(Refusal::new(
+            Some(pinned) if pinned != encoded => Err(Refusal::new(
                 "channel_parameters_changed",
                 format!(
                     "channel {} was signed for with other parameters",
@@ -254,7 +254,7 @@ impl Policy {
             )),
             Some(_) => Ok(()),
             None if pin => {
-                state.channels.entry(*keys_id).or_default().parameters = Some(digest.to_owned());
+                state.channels.entry(*keys_id).or_default().parameters = Some(encoded.to_owned());
                 Ok(())
             }
             None => Ok(()),

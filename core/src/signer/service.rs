@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::bech32::Fe32;
 use bitcoin::bip32::{ChildNumber, Xpriv, Xpub};
-use bitcoin::hashes::{sha256, Hash};
+use bitcoin::hashes::Hash;
+use bitcoin::hex::{DisplayHex, FromHex};
 use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::{All, PublicKey, Scalar, Secp256k1, SecretKey};
 use bitcoin::{
@@ -33,7 +34,7 @@ use lightning::sign::{
     ChannelSigner, EntropySource, InMemorySigner, KeysManager, NodeSigner, OutputSpender,
     Recipient, SignerProvider, SpendableOutputDescriptor,
 };
-use lightning::util::ser::{LengthReadable, Writeable};
+use lightning::util::ser::{LengthReadable, ReadableArgs, Writeable};
 use lightning_invoice::RawBolt11Invoice;
 
 use super::policy::{ApprovalHook, CommitmentView, PaymentApproval, Policy, Refusal};
@@ -229,7 +230,7 @@ impl SeedSigner {
 
     /// The parameters must be complete (LDK asserts it), name this channel's own keys, so
     /// the host cannot make the signer sign for a channel it does not know, and be those the
-    /// channel was first signed with. Returns their digest (see `Policy::channel_parameters`).
+    /// channel was first signed with. Returns their encoding (see `Policy::channel_parameters`).
     fn check_params(
         &self,
         kind: &str,
@@ -258,11 +259,35 @@ impl SeedSigner {
                 self.malformed(kind, "holder keys in the parameters are not this channel's")
             );
         }
-        let digest = sha256::Hash::hash(&params.encode()).to_string();
+        let encoded = params.encode().to_lower_hex_string();
         self.policy
-            .channel_parameters(&mut lock(&self.kept).state, keys_id, &digest, false)
+            .channel_parameters(&mut lock(&self.kept).state, keys_id, &encoded, false)
             .map_err(|r| self.refuse(kind, r))?;
-        Ok(digest)
+        Ok(encoded)
+    }
+
+    /// The parameters pinned for a channel, if any: the signer's own copy, so it can check a
+    /// commitment the host sends without them (LDK names none when it validates before it
+    /// signed anything since the host started).
+    fn pinned_params(
+        &self,
+        kind: &str,
+        keys_id: &KeysId,
+    ) -> Result<Option<ChannelTransactionParameters>, SignerError> {
+        let kept = lock(&self.kept);
+        let Some(hex) = kept
+            .state
+            .channels
+            .get(keys_id)
+            .and_then(|c| c.parameters.as_deref())
+        else {
+            return Ok(None);
+        };
+        let bytes = Vec::<u8>::from_hex(hex)
+            .map_err(|e| self.malformed(kind, format!("pinned parameters: {e}")))?;
+        ChannelTransactionParameters::read(&mut &bytes[..], None)
+            .map(Some)
+            .map_err(|e| self.malformed(kind, format!("pinned parameters: {e:?}")))
     }
 
     fn check_input(&self, kind: &str, tx: &Transaction, input: u32) -> Result<usize, SignerError> {
@@ -563,19 +588,15 @@ impl SeedSigner {
         tx: HolderCommitmentTransaction,
         outbound_preimages: Vec<lightning::types::payment::PaymentPreimage>,
     ) -> Result<Response, SignerError> {
-        let Some(params) = params else {
-            // No parameters seen yet (an inbound channel's first commitment, validated before
-            // anything is signed): the peer's signature cannot be checked, the number is kept.
-            tracing::debug!(node = %self.node_id, "holder commitment recorded without parameters");
-            let view = view_of(&tx, tx.trust().txid().to_byte_array(), false);
-            return self.transact(|state| {
-                self.policy
-                    .validate_holder_commitment(state, &keys_id, &view);
-                Ok(Response::Accepted)
-            });
+        let params = match params {
+            Some(params) => params,
+            None => match self.pinned_params(kind, &keys_id)? {
+                Some(pinned) => pinned,
+                None => return self.validate_holder_unchecked(kind, keys_id, tx),
+            },
         };
         let signer = self.channel(&keys_id);
-        let digest = self.check_params(kind, &keys_id, &params)?;
+        let encoded = self.check_params(kind, &keys_id, &params)?;
         let trusted = tx
             .verify(&params.as_holder_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
@@ -616,8 +637,42 @@ impl SeedSigner {
         let view = view_of(&tx, trusted.txid().to_byte_array(), false);
         self.transact(|state| {
             self.policy
-                .channel_parameters(state, &keys_id, &digest, true)
+                .channel_parameters(state, &keys_id, &encoded, true)
                 .map_err(|r| self.refuse(kind, r))?;
+            self.policy
+                .validate_holder_commitment(state, &keys_id, &view);
+            Ok(Response::Accepted)
+        })
+    }
+
+    /// An inbound channel's first holder commitment comes before any parameters (LDK gives
+    /// none before the first signature): the peer's signature cannot be checked, the number is
+    /// kept. Only that first one: a host cannot record later commitments this way.
+    fn validate_holder_unchecked(
+        &self,
+        kind: &str,
+        keys_id: KeysId,
+        tx: HolderCommitmentTransaction,
+    ) -> Result<Response, SignerError> {
+        tracing::debug!(node = %self.node_id, "holder commitment recorded without parameters");
+        let view = view_of(&tx, tx.trust().txid().to_byte_array(), false);
+        self.transact(|state| {
+            let last = state
+                .channels
+                .get(&keys_id)
+                .and_then(|c| c.last_validated_holder);
+            if last.is_some_and(|last| last != view.number) {
+                return Err(self.refuse(
+                    kind,
+                    Refusal {
+                        rule: "channel_parameters_missing",
+                        reason: format!(
+                            "holder commitment {} named no channel parameters",
+                            view.number
+                        ),
+                    },
+                ));
+            }
             self.policy
                 .validate_holder_commitment(state, &keys_id, &view);
             Ok(Response::Accepted)
@@ -634,7 +689,7 @@ impl SeedSigner {
         outbound_preimages: Vec<lightning::types::payment::PaymentPreimage>,
     ) -> Result<Response, SignerError> {
         let signer = self.channel(&keys_id);
-        let digest = self.check_params(kind, &keys_id, &params)?;
+        let encoded = self.check_params(kind, &keys_id, &params)?;
         let txid = tx
             .verify(&params.as_counterparty_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?
@@ -644,7 +699,7 @@ impl SeedSigner {
         let now = (self.clock)();
         self.transact(|state| {
             self.policy
-                .channel_parameters(state, &keys_id, &digest, true)
+                .channel_parameters(state, &keys_id, &encoded, true)
                 .map_err(|r| self.refuse(kind, r))?;
             self.policy
                 .sign_counterparty_commitment(state, &keys_id, &view, now)

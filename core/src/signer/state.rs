@@ -36,8 +36,9 @@ pub struct SignedCommitment {
 /// What the signer remembers about one channel (by its keys id).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelState {
-    /// Digest (hex) of the channel's parameters when the signer first signed for it: both
-    /// sides' keys, funding outpoint and value. Every later request must name the same.
+    /// The channel's parameters (LDK's encoding, hex) when the signer first signed for it: both
+    /// sides' keys, funding outpoint and value. Every later request must name the same, and
+    /// holder commitments sent without parameters are checked against these.
     #[serde(default)]
     pub parameters: Option<String>,
     pub last_counterparty: Option<SignedCommitment>,
