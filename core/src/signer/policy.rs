@@ -75,7 +75,16 @@ pub struct CommitmentView {
     pub txid: [u8; 32],
     pub outgoing: Vec<HtlcEntry>,
     pub incoming: Vec<HtlcEntry>,
+    /// Our own balance output (zero when trimmed).
+    pub to_us_sat: u64,
+    /// The channel's value less every output (what miners get, dust HTLCs included).
+    pub fee_sat: u64,
 }
+
+/// Rounding slack between balances in millisatoshis and outputs in satoshis.
+const ROUNDING_SAT: u64 = 1;
+/// Largest standard dust threshold: an output of ours below it may be left out of a close.
+pub const MAX_DUST_SAT: u64 = 546;
 
 impl Policy {
     pub fn new(limits: PolicyLimits) -> Self {
@@ -124,12 +133,16 @@ impl Policy {
             }
         }
         prune(state, now);
-        let previous = state
-            .channels
-            .get(keys_id)
-            .map(|c| c.outgoing.clone())
-            .unwrap_or_default();
-        for htlc in new_entries(&previous, &view.outgoing) {
+        let previous = state.channels.get(keys_id).cloned().unwrap_or_default();
+        let added = new_entries(&previous.outgoing, &view.outgoing);
+        if let (Some(_), Some(to_us), Some(fee)) = (
+            previous.last_counterparty,
+            previous.to_us_sat,
+            previous.fee_sat,
+        ) {
+            balance_moves_only_by_htlcs_and_fees(to_us, fee, view, &added)?;
+        }
+        for htlc in added {
             self.count_outgoing_htlc(state, keys_id, view, &htlc, now)?;
         }
         let channel = state.channels.entry(*keys_id).or_default();
@@ -138,7 +151,33 @@ impl Policy {
             txid: view.txid,
         });
         channel.outgoing = view.outgoing.clone();
+        channel.to_us_sat = Some(view.to_us_sat);
+        channel.fee_sat = Some(view.fee_sat);
         Ok(())
+    }
+
+    /// A mutual close pays us at least our balance in the last commitment we signed for the
+    /// peer, less the closing fee when we pay it; an output of ours below dust may be left out.
+    pub fn check_closing_split(
+        &self,
+        state: &SignerState,
+        keys_id: &KeysId,
+        to_holder_sat: u64,
+        our_fee_sat: u64,
+    ) -> Result<(), Refusal> {
+        let Some(last) = state.channels.get(keys_id).and_then(|c| c.to_us_sat) else {
+            return Ok(());
+        };
+        let trimmed = to_holder_sat == 0 && last < MAX_DUST_SAT;
+        if trimmed || to_holder_sat.saturating_add(our_fee_sat) >= last {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            "closing_balance_mismatch",
+            format!(
+                "the close pays us {to_holder_sat} sat (+{our_fee_sat} sat fee) but our balance is {last} sat"
+            ),
+        ))
     }
 
     /// One new outgoing HTLC: a forward, part of an approved payment, or new spending.
@@ -429,6 +468,36 @@ fn new_entries(previous: &[HtlcEntry], current: &[HtlcEntry]) -> Vec<HtlcEntry> 
         .collect()
 }
 
+/// Between two commitments we signed for the peer, our balance may only drop by what new
+/// outgoing HTLCs take (the limits count those) and by a higher fee (ours to pay as funder,
+/// or an HTLC below dust, which the fee absorbs). Anything else hands our money to the peer.
+fn balance_moves_only_by_htlcs_and_fees(
+    prev_to_us_sat: u64,
+    prev_fee_sat: u64,
+    view: &CommitmentView,
+    added: &[HtlcEntry],
+) -> Result<(), Refusal> {
+    let added_msat = added
+        .iter()
+        .map(|h| h.amount_msat)
+        .fold(0u64, u64::saturating_add);
+    let allowed = added_msat
+        .div_ceil(1000)
+        .saturating_add(view.fee_sat.saturating_sub(prev_fee_sat))
+        .saturating_add(ROUNDING_SAT);
+    let dropped = prev_to_us_sat.saturating_sub(view.to_us_sat);
+    if dropped <= allowed {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        "balance_moved_without_htlc",
+        format!(
+            "commitment {} takes {dropped} sat from our balance; new HTLCs and fees account for {allowed}",
+            view.number
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +512,8 @@ mod tests {
 
     fn view(number: u64, outgoing: Vec<HtlcEntry>) -> CommitmentView {
         CommitmentView {
+            to_us_sat: 0,
+            fee_sat: 0,
             number,
             txid: [number as u8; 32],
             outgoing,
@@ -583,5 +654,45 @@ mod tests {
         policy.check_peer(&peer).expect("listed");
         policy.check_fee(1_000, "x").expect("at cap");
         assert_eq!(policy.check_fee(1_001, "x").unwrap_err().rule, "max_fee");
+    }
+
+    #[test]
+    fn our_balance_drops_only_by_new_outgoing_htlcs_and_fee_increases() {
+        let at = |to_us_sat, fee_sat, outgoing| CommitmentView {
+            to_us_sat,
+            fee_sat,
+            ..view(1, outgoing)
+        };
+        let ok = |prev: u64, fee: u64, v: &CommitmentView, added: &[HtlcEntry]| {
+            balance_moves_only_by_htlcs_and_fees(prev, fee, v, added).is_ok()
+        };
+        let h = htlc(1, 40_000_500);
+        // A new HTLC of 40,000.5 sat and 300 sat more fee: up to 40,302 sat may leave us.
+        assert!(ok(100_000, 1_000, &at(59_698, 1_300, vec![h]), &[h]));
+        assert!(!ok(100_000, 1_000, &at(59_697, 1_300, vec![h]), &[h]));
+        // Nothing new, same fee: only rounding.
+        assert!(ok(100_000, 1_000, &at(99_999, 1_000, vec![]), &[]));
+        assert!(!ok(100_000, 1_000, &at(99_000, 1_000, vec![]), &[]));
+        // A lower fee allows nothing extra; more for us is always fine.
+        assert!(!ok(100_000, 1_000, &at(99_000, 500, vec![]), &[]));
+        assert!(ok(100_000, 1_000, &at(150_000, 500, vec![]), &[]));
+    }
+
+    #[test]
+    fn a_close_pays_our_balance_less_our_fee_or_leaves_out_only_dust() {
+        let policy = Policy::default();
+        let mut state = SignerState::default();
+        let id = [4; 32];
+        // Nothing signed yet: nothing to compare with.
+        assert!(policy.check_closing_split(&state, &id, 0, 0).is_ok());
+        state.channels.entry(id).or_default().to_us_sat = Some(50_000);
+        assert!(policy
+            .check_closing_split(&state, &id, 49_000, 1_000)
+            .is_ok());
+        let short = policy.check_closing_split(&state, &id, 48_999, 1_000);
+        assert_eq!(short.unwrap_err().rule, "closing_balance_mismatch");
+        assert!(policy.check_closing_split(&state, &id, 0, 0).is_err());
+        state.channels.entry(id).or_default().to_us_sat = Some(MAX_DUST_SAT - 1);
+        assert!(policy.check_closing_split(&state, &id, 0, 0).is_ok());
     }
 }

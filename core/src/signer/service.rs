@@ -690,12 +690,19 @@ impl SeedSigner {
     ) -> Result<Response, SignerError> {
         let signer = self.channel(&keys_id);
         let encoded = self.check_params(kind, &keys_id, &params)?;
-        let txid = tx
+        let trusted = tx
             .verify(&params.as_counterparty_broadcastable(), &self.secp)
-            .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?
-            .txid();
+            .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
+        let built = trusted.built_transaction();
+        let outputs_sat = built
+            .transaction
+            .output
+            .iter()
+            .map(|o| o.value.to_sat())
+            .fold(0u64, u64::saturating_add);
         // The peer broadcasts this one: HTLCs it did not offer are the ones we offered.
-        let view = view_of(&tx, txid.to_byte_array(), true);
+        let mut view = view_of(&tx, built.txid.to_byte_array(), true);
+        view.fee_sat = params.channel_value_satoshis.saturating_sub(outputs_sat);
         let now = (self.clock)();
         self.transact(|state| {
             self.policy
@@ -758,11 +765,22 @@ impl SeedSigner {
             .and_then(|rest| rest.checked_sub(closing.to_counterparty_sat))
             .ok_or_else(|| self.malformed(kind, "outputs exceed the channel value"))?;
         // The funder pays a mutual close's fee (BOLT 2); a fee the peer pays is not ours to cap.
-        if params.is_outbound_from_holder {
+        let our_fee = if params.is_outbound_from_holder {
             self.policy
                 .check_fee(fee, "closing transaction")
                 .map_err(|r| self.refuse(kind, r))?;
-        }
+            fee
+        } else {
+            0
+        };
+        self.policy
+            .check_closing_split(
+                &lock(&self.kept).state,
+                &keys_id,
+                closing.to_holder_sat,
+                our_fee,
+            )
+            .map_err(|r| self.refuse(kind, r))?;
         let tx = ClosingTransaction::new(
             closing.to_holder_sat,
             closing.to_counterparty_sat,
@@ -958,6 +976,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The commitment's HTLCs from the node's side; `counterparty` says who broadcasts it.
 fn view_of(tx: &CommitmentTransaction, txid: [u8; 32], counterparty: bool) -> CommitmentView {
+    let to_us_sat = if counterparty {
+        tx.to_countersignatory_value_sat()
+    } else {
+        tx.to_broadcaster_value_sat()
+    };
     let entry = |h: &HTLCOutputInCommitment| HtlcEntry {
         payment_hash: h.payment_hash.0,
         amount_msat: h.amount_msat,
@@ -975,6 +998,9 @@ fn view_of(tx: &CommitmentTransaction, txid: [u8; 32], counterparty: bool) -> Co
             .filter(|h| !ours(h))
             .map(entry)
             .collect(),
+        to_us_sat,
+        // Known only with the channel's value: see `sign_counterparty`.
+        fee_sat: 0,
     }
 }
 

@@ -45,6 +45,12 @@ pub struct ChannelState {
     /// HTLCs we offered, as they stand in the last signed counterparty commitment: an
     /// outgoing HTLC not in here is new spending.
     pub outgoing: Vec<HtlcEntry>,
+    /// Our balance output in the last signed counterparty commitment.
+    #[serde(default)]
+    pub to_us_sat: Option<u64>,
+    /// That commitment's fee (the channel's value less every output).
+    #[serde(default)]
+    pub fee_sat: Option<u64>,
     /// HTLCs offered to us in the last signed counterparty commitment.
     pub incoming_counterparty: Vec<HtlcEntry>,
     /// Newest (smallest) holder commitment number whose counterparty signature was validated.
