@@ -6,6 +6,7 @@ mod blocking;
 pub mod chain;
 pub mod cli;
 pub mod host;
+mod lock_file;
 pub mod regtest;
 pub mod signer;
 pub mod store;

@@ -133,13 +133,10 @@ impl Policy {
             }
         }
         prune(state, now);
-        let previous = state.channels.get(keys_id).cloned().unwrap_or_default();
-        let added = new_entries(&previous.outgoing, &view.outgoing);
-        if let (Some(_), Some(to_us), Some(fee)) = (
-            previous.last_counterparty,
-            previous.to_us_sat,
-            previous.fee_sat,
-        ) {
+        let previous = state.channels.get(keys_id);
+        let added = new_entries(previous.map_or(&[], |c| &c.outgoing), &view.outgoing);
+        // Recorded with every signed counterparty commitment: absent only before the first.
+        if let Some((to_us, fee)) = previous.and_then(|c| c.to_us_sat.zip(c.fee_sat)) {
             balance_moves_only_by_htlcs_and_fees(to_us, fee, view, &added)?;
         }
         for htlc in added {

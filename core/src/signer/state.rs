@@ -6,7 +6,7 @@
 //! updated value before it returns the answer that depends on it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -154,18 +154,9 @@ impl FileStateStore {
         fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
         let path = dir.join(format!("{node_id}.signer-state.json"));
         let lock_path = path.with_extension("lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io(lock_path.clone()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(StateError::Locked { path }),
-            Err(TryLockError::Error(e)) => return Err(io(lock_path)(e)),
-        }
+        let lock = crate::lock_file::try_exclusive(&lock_path)
+            .map_err(io(lock_path))?
+            .ok_or_else(|| StateError::Locked { path: path.clone() })?;
         Ok(FileStateStore { path, _lock: lock })
     }
 

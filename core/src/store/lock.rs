@@ -7,7 +7,7 @@
 //! description, so a second `Store::open` inside the same process is refused as well.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -20,22 +20,8 @@ pub fn lock_path(db: &Path) -> PathBuf {
 }
 
 /// Takes the exclusive lock for `db`, without waiting; the lock lasts as long as the `File`.
-///
-/// The lock file is never deleted: unlinking it would let a later process lock a fresh inode
-/// while an earlier one still holds the old one.
-// Needs Rust 1.89 (`File::try_lock`); the workspace still declares rust-version 1.85.
 pub fn acquire(db: &Path) -> Result<File, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(lock_path(db))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
-            path: db.to_path_buf(),
-        }),
-        Err(TryLockError::Error(e)) => Err(StoreError::Io(e)),
-    }
+    crate::lock_file::try_exclusive(&lock_path(db))?.ok_or_else(|| StoreError::Locked {
+        path: db.to_path_buf(),
+    })
 }
