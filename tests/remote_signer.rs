@@ -77,21 +77,31 @@ fn secrets_of(seed: [u8; 32], keys_ids: &[[u8; 32]]) -> Vec<(String, Vec<u8>)> {
     found
 }
 
-/// Channel key ids the signer has state for (from its own state file).
+/// Channel key ids the signer has state for (from its own state database, opened read-only).
 fn keys_ids_in_state(state_dir: &Path, node_id: &str) -> Vec<[u8; 32]> {
-    let path = state_dir.join(format!("{node_id}.signer-state.json"));
-    let Ok(bytes) = std::fs::read(&path) else {
+    use rusqlite::{Connection, OpenFlags};
+    let path = state_dir.join("signer-state.db");
+    if !path.exists() {
         return vec![];
-    };
-    let state: Value = serde_json::from_slice(&bytes).unwrap();
-    state["channels"]
-        .as_object()
-        .map(|c| {
-            c.keys()
-                .map(|k| <[u8; 32] as bitcoin::hex::FromHex>::from_hex(k).unwrap())
-                .collect()
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut rows = conn
+        .prepare("SELECT keys_id, state FROM signer_channels WHERE node_id = ?1")
+        .unwrap();
+    let ids = rows
+        .query_map([node_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })
-        .unwrap_or_default()
+        .unwrap()
+        .map(|row| {
+            let (keys_id, state) = row.unwrap();
+            // The stored value is the channel's state as the signer keeps it.
+            let state: Value = serde_json::from_str(&state).unwrap();
+            assert!(state.is_object(), "{state}");
+            <[u8; 32] as bitcoin::hex::FromHex>::from_hex(&keys_id).unwrap()
+        })
+        .collect();
+    ids
 }
 
 /// Every readable mapping of a live process's memory.

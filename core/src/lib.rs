@@ -5,6 +5,7 @@ pub mod bench;
 mod blocking;
 pub mod chain;
 pub mod cli;
+mod group_commit;
 pub mod host;
 mod lock_file;
 pub mod regtest;

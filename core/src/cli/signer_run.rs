@@ -19,7 +19,7 @@ use crate::signer::policy::Policy;
 use crate::signer::protocol::Handler;
 use crate::signer::seed::read_seed_file;
 use crate::signer::service::SeedSigner;
-use crate::signer::state::FileStateStore;
+use crate::signer::state::SqliteStateStore;
 
 /// The signer's configuration file (JSON). Relative paths are relative to the file.
 #[derive(Deserialize)]
@@ -31,7 +31,7 @@ pub struct SignerFile {
     pub ca_file: PathBuf,
     #[serde(default = "regtest")]
     pub network: Network,
-    /// Where the signer keeps its own channel state (one file per node).
+    /// Where the signer keeps its own channel state (one SQLite database for all its nodes).
     pub state_dir: PathBuf,
     /// One seed file per node this process signs for (32 raw bytes or 64 hex characters).
     pub seed_files: Vec<PathBuf>,
@@ -96,7 +96,7 @@ pub fn load(config: &Path) -> Result<(DialConfig, Vec<Arc<SeedSigner>>), String>
         let seed =
             read_seed_file(&seed_path).map_err(|e| format!("{}: {e}", seed_path.display()))?;
         let node_id = crate::signer::seed::node_public_key(&seed).map_err(|e| e.to_string())?;
-        let state = FileStateStore::in_dir(&state_dir, &node_id).map_err(|e| e.to_string())?;
+        let state = SqliteStateStore::in_dir(&state_dir, &node_id).map_err(|e| e.to_string())?;
         let signer = SeedSigner::new(&seed, file.network, policy.clone(), Box::new(state))
             .map_err(|e| e.to_string())?;
         signers.push(Arc::new(signer));

@@ -15,7 +15,7 @@ use super::dial::{self, DialConfig, DialError, DialStats};
 use super::policy::{ApprovalHook, Policy};
 use super::protocol::Handler;
 use super::service::{SeedSigner, SetupError};
-use super::state::{FileStateStore, StateError};
+use super::state::{SqliteStateStore, StateError};
 
 /// How long [`EmbeddedSigner::stop`] lets an answer in progress finish.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -57,7 +57,7 @@ impl EmbeddedSigner {
             ca_pem,
         };
         dial::check(&dial)?;
-        let state = FileStateStore::in_dir(state_dir, &config.node_id())?;
+        let state = SqliteStateStore::in_dir(state_dir, &config.node_id())?;
         let mut signer = SeedSigner::new(
             config.seed(),
             network,

@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod seed;
 pub mod service;
 pub mod state;
+pub mod state_db;
 pub mod tls;
 pub mod wallet_keys;
 pub mod wire;

@@ -198,11 +198,12 @@ impl SeedSigner {
         &self,
         f: impl FnOnce(&mut SignerState) -> Result<T, SignerError>,
     ) -> Result<T, SignerError> {
-        let mut kept = lock(&self.kept);
+        let mut guard = lock(&self.kept);
+        let kept = &mut *guard;
         let mut next = kept.state.clone();
         let out = f(&mut next)?;
         if next != kept.state {
-            if let Err(e) = kept.store.save(&next) {
+            if let Err(e) = kept.store.save_change(&kept.state, &next) {
                 tracing::error!(node = %self.node_id, error = %e, "signer state not saved; answer withheld");
                 return Err(SignerError::Unavailable);
             }
@@ -392,9 +393,12 @@ impl SeedSigner {
                 self.check_params(kind, &keys_id, &params)?;
                 tx.verify(&params.as_holder_broadcastable(), &self.secp)
                     .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
-                let state = lock(&self.kept).state.clone();
                 self.policy
-                    .sign_holder_commitment(&state, &keys_id, tx.commitment_number())
+                    .sign_holder_commitment(
+                        &lock(&self.kept).state,
+                        &keys_id,
+                        tx.commitment_number(),
+                    )
                     .map_err(|r| self.refuse(kind, r))?;
                 signer
                     .sign_holder_commitment(&params, &tx, &self.secp)
@@ -1068,7 +1072,7 @@ mod tests {
     use super::*;
     use crate::signer::config::PolicyLimits;
     use crate::signer::policy::DEFAULT_WALLET_LOOKAHEAD as DEFAULT_LOOKAHEAD;
-    use crate::signer::state::{FileStateStore, MemoryStateStore};
+    use crate::signer::state::{MemoryStateStore, SqliteStateStore};
     use bitcoin::hashes::sha256;
     use bitcoin::secp256k1::Message;
 
@@ -1973,7 +1977,7 @@ mod tests {
         let node_id = ldk_keys(&SEED)
             .get_node_id(Recipient::Node)
             .expect("node id");
-        let store = || Box::new(FileStateStore::in_dir(dir.path(), &node_id).expect("store"));
+        let store = || Box::new(SqliteStateStore::in_dir(dir.path(), &node_id).expect("store"));
         let (keys_id, params);
         {
             let first = signer_with(Policy::new(limits()), store());

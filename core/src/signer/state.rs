@@ -3,17 +3,16 @@
 //! A validating signer is only as good as its state: it refuses an old commitment because it
 //! remembers the newest one it signed, so that memory must survive restarts. [`SignerState`] is a
 //! plain value the policy reads and updates; a [`StateStore`] keeps it, and the signer saves the
-//! updated value before it returns the answer that depends on it.
+//! updated value before it returns the answer that depends on it. On disk that is
+//! [`SqliteStateStore`] (`super::state_db`): one database per state directory, group commit.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use bitcoin::secp256k1::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::KeysId;
+pub use super::state_db::SqliteStateStore;
 
 /// An HTLC as the policy tracks it: enough to tell one payment's HTLC from another's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -92,16 +91,16 @@ pub struct SignerState {
 /// Why the state could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("signer state file {path}: {source}")]
+    #[error("signer state {}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("signer state file {path} is corrupt: {reason}")]
+    #[error("signer state {} is corrupt: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     /// Two signers answering from one state would each approve against half the history.
-    #[error("signer state file {path} is in use by another signer")]
+    #[error("signer state {} is in use by another signer", path.display())]
     Locked { path: PathBuf },
 }
 
@@ -109,8 +108,20 @@ pub enum StateError {
 pub trait StateStore: Send {
     /// The saved state, or the default (empty) state if none was ever saved.
     fn load(&mut self) -> Result<SignerState, StateError>;
-    /// Replaces the saved state; when this returns `Ok`, the state survives a crash.
+    /// Replaces the saved state; when this returns `Ok`, the state survives a crash, and a
+    /// crash during the save leaves the old state or the new one, never a mix.
     fn save(&mut self, state: &SignerState) -> Result<(), StateError>;
+    /// Replaces the saved state `previous` (what the last successful `load` or save of this
+    /// store gave or took) with `next`: a store may write only what changed. Same guarantees
+    /// as [`StateStore::save`].
+    fn save_change(
+        &mut self,
+        previous: &SignerState,
+        next: &SignerState,
+    ) -> Result<(), StateError> {
+        let _ = previous;
+        self.save(next)
+    }
 }
 
 /// State that lives as long as the process (tests, throwaway signers).
@@ -133,80 +144,6 @@ impl StateStore for MemoryStateStore {
     fn save(&mut self, state: &SignerState) -> Result<(), StateError> {
         self.saved = Some(state.clone());
         Ok(())
-    }
-}
-
-/// State in one JSON file per node, replaced atomically (temp file, fsync, rename, fsync of
-/// the directory), so a crash leaves either the old or the new state, never a mix. An OS lock
-/// on `<node_id>.signer-state.lock` keeps a second signer (process or in-process instance) off
-/// the same state; the kernel releases it when the holder dies.
-#[derive(Debug)]
-pub struct FileStateStore {
-    path: PathBuf,
-    _lock: File,
-}
-
-impl FileStateStore {
-    /// The store for `node_id` in `dir` (created if missing): `dir/<node_id>.signer-state.json`.
-    /// Refused with [`StateError::Locked`] while another store holds it.
-    pub fn in_dir(dir: &Path, node_id: &PublicKey) -> Result<Self, StateError> {
-        let io = |path: PathBuf| move |source| StateError::Io { path, source };
-        fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-        let path = dir.join(format!("{node_id}.signer-state.json"));
-        let lock_path = path.with_extension("lock");
-        let lock = crate::lock_file::try_exclusive(&lock_path)
-            .map_err(io(lock_path))?
-            .ok_or_else(|| StateError::Locked { path: path.clone() })?;
-        Ok(FileStateStore { path, _lock: lock })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn io(&self, source: std::io::Error) -> StateError {
-        StateError::Io {
-            path: self.path.clone(),
-            source,
-        }
-    }
-}
-
-impl StateStore for FileStateStore {
-    fn load(&mut self) -> Result<SignerState, StateError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SignerState::default()),
-            Err(e) => return Err(self.io(e)),
-        };
-        serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })
-    }
-
-    fn save(&mut self, state: &SignerState) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(state).map_err(|e| StateError::Corrupt {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            // The rename is durable only once the directory entry is.
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| self.io(e))
     }
 }
 
@@ -254,11 +191,10 @@ mod keyed_by_hex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use bitcoin::secp256k1::{Secp256k1, SecretKey};
 
-    fn sample() -> SignerState {
+    pub(crate) fn sample() -> SignerState {
         let mut state = SignerState::default();
         state.channels.insert(
             [7; 32],
@@ -289,47 +225,6 @@ mod tests {
             },
         );
         state
-    }
-
-    fn node() -> PublicKey {
-        let secret = SecretKey::from_slice(&[5; 32]).expect("valid key");
-        PublicKey::from_secret_key(&Secp256k1::new(), &secret)
-    }
-
-    #[test]
-    fn file_store_round_trips_and_starts_empty() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut store = FileStateStore::in_dir(&dir.path().join("sub"), &node()).expect("store");
-        assert_eq!(store.load().expect("empty"), SignerState::default());
-        store.save(&sample()).expect("save");
-        let path = store.path().to_path_buf();
-        drop(store);
-        let mut reopened = FileStateStore::in_dir(&dir.path().join("sub"), &node()).expect("open");
-        assert_eq!(reopened.load().expect("load"), sample());
-        assert!(!path.with_extension("json.tmp").exists());
-        let text = fs::read_to_string(&path).expect("read");
-        assert!(text.contains(&"07".repeat(32)), "{text}");
-    }
-
-    #[test]
-    fn a_second_store_on_the_same_state_is_refused_until_the_first_is_gone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let first = FileStateStore::in_dir(dir.path(), &node()).expect("first");
-        let second = FileStateStore::in_dir(dir.path(), &node());
-        assert!(
-            matches!(second, Err(StateError::Locked { .. })),
-            "{second:?}"
-        );
-        drop(first);
-        FileStateStore::in_dir(dir.path(), &node()).expect("free again");
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_not_an_empty_state() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut store = FileStateStore::in_dir(dir.path(), &node()).expect("store");
-        fs::write(store.path(), b"{not json").expect("write");
-        assert!(matches!(store.load(), Err(StateError::Corrupt { .. })));
     }
 
     #[test]

@@ -44,3 +44,19 @@ impl StoreError {
         }
     }
 }
+
+impl crate::group_commit::Failure for StoreError {
+    fn not_committed(reason: &str) -> Self {
+        StoreError::Io(std::io::Error::other(format!(
+            "the write was not committed: {reason}"
+        )))
+    }
+
+    fn closed() -> Self {
+        StoreError::Io(std::io::Error::other("the database writer has stopped"))
+    }
+
+    fn bug(what: &str) -> Self {
+        StoreError::InvalidValue(what.into())
+    }
+}

@@ -6,7 +6,7 @@
 //!
 //! Every write is committed with `synchronous=FULL` before it returns, because LDK acknowledges
 //! a `ChannelMonitor` update only once it is durable. Writes go through one writer thread that
-//! commits all writes queued meanwhile together ([`writer`]: group commit); reads use their
+//! commits all writes queued meanwhile together ([`crate::group_commit`]); reads use their
 //! own connection, which WAL lets run beside the writer.
 
 mod channels;
@@ -21,7 +21,6 @@ mod payments;
 mod rows;
 mod sqlval;
 mod validate;
-mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -33,6 +32,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
+use crate::group_commit::Writer;
+
+pub use crate::group_commit::WriteStats;
 pub use error::StoreError;
 pub use kv::KvStore;
 pub use lock::lock_path;
@@ -40,7 +42,6 @@ pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};
 pub use rows::{
     ChannelRow, ChannelStatus, Direction, EventRow, NodeRow, PaymentRow, PaymentStatus,
 };
-pub use writer::WriteStats;
 
 /// The [`KvStore`] scope of data shared by all nodes of the host (network graph, scorer).
 pub const HOST_SCOPE: &str = "";
@@ -55,7 +56,7 @@ pub struct Store {
 struct Inner {
     // Field order is drop order: queued writes finish and both connections close before the
     // lock is released, so the next owner never sees a file that is still being written.
-    writer: writer::Writer,
+    writer: Writer<StoreError>,
     /// The read connection (`query_only`): reads never wait for a commit's fsync.
     conn: Mutex<Connection>,
     path: PathBuf,
@@ -72,7 +73,7 @@ impl Store {
     /// and foreign keys and applies pending migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let lock = lock::acquire(path)?;
-        let writer = writer::Writer::start(open::connect(path)?)?;
+        let writer = Writer::start(open::connect(path)?, "flotilla-store-writer")?;
         let reader = open::connect_reader(path)?;
         Ok(Store {
             inner: Arc::new(Inner {

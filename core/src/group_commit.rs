@@ -1,8 +1,9 @@
-//! Group commit. Every write of the host goes to one writer thread, which runs all writes
-//! queued meanwhile in one transaction, each in its own savepoint, and commits them with one
-//! fsync. A write still returns only once it is on disk (`synchronous=FULL`, as LDK requires
-//! of monitor updates), but concurrent writers (thousands of nodes) share one fsync instead of
-//! queueing for one each while holding the database.
+//! Group commit for a SQLite database: every write goes to one writer thread, which runs all
+//! writes queued meanwhile in one transaction, each in its own savepoint, and commits them with
+//! one fsync. A write still returns only once it is on disk (`synchronous=FULL`), but concurrent
+//! writers (thousands of nodes) share one fsync instead of queueing for one each while holding
+//! the database. Used by the host's store (`crate::store`) and the signer's state store
+//! (`crate::signer::state`), each with its own error type ([`Failure`]).
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,14 +13,24 @@ use std::thread::JoinHandle;
 
 use rusqlite::Connection;
 
-use super::StoreError;
+/// The errors a writer's user reports: SQLite's own, plus the writer's.
+pub(crate) trait Failure:
+    From<rusqlite::Error> + std::fmt::Display + Send + 'static
+{
+    /// The write ran, but its batch was not committed (`reason` is SQLite's).
+    fn not_committed(reason: &str) -> Self;
+    /// The writer thread has stopped.
+    fn closed() -> Self;
+    /// The write panicked or returned something unexpected; its changes were rolled back.
+    fn bug(what: &str) -> Self;
+}
 
 type Output = Box<dyn Any + Send>;
-type Work = Box<dyn FnOnce(&Connection) -> Result<Output, StoreError> + Send>;
+type Work<E> = Box<dyn FnOnce(&Connection) -> Result<Output, E> + Send>;
 
-struct Job {
-    work: Work,
-    done: mpsc::SyncSender<Result<Output, StoreError>>,
+struct Job<E> {
+    work: Work<E>,
+    done: mpsc::SyncSender<Result<Output, E>>,
 }
 
 /// Writes committed together at most: bounds how long the first of them waits.
@@ -40,20 +51,21 @@ struct Counters {
 
 /// The writer thread and the queue to it. Dropping it lets queued writes finish, then closes
 /// the write connection.
-pub(super) struct Writer {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+pub(crate) struct Writer<E: Failure> {
+    jobs: Mutex<Option<mpsc::Sender<Job<E>>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
 }
 
-impl Writer {
-    pub(super) fn start(conn: Connection) -> Result<Writer, StoreError> {
+impl<E: Failure> Writer<E> {
+    /// Starts the writer thread (named `name`) on `conn`, which it alone uses from now on.
+    pub(crate) fn start(conn: Connection, name: &str) -> std::io::Result<Writer<E>> {
         let (jobs, queue) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let thread = {
             let counters = counters.clone();
             std::thread::Builder::new()
-                .name("flotilla-store-writer".into())
+                .name(name.into())
                 .spawn(move || run(conn, queue, &counters))?
         };
         Ok(Writer {
@@ -65,27 +77,28 @@ impl Writer {
 
     /// Runs `f` in the next commit and returns its result once that commit is durable. If `f`
     /// fails (or panics) its own changes are rolled back and the batch goes on without them.
-    pub(super) fn write<T: Send + 'static>(
+    pub(crate) fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
         let (done, answer) = mpsc::sync_channel(1);
-        let work: Work = Box::new(move |conn| f(conn).map(|v| Box::new(v) as Output));
+        let work: Work<E> = Box::new(move |conn| f(conn).map(|v| Box::new(v) as Output));
         let sent = lock(&self.jobs)
             .as_ref()
             .map(|jobs| jobs.send(Job { work, done }).is_ok());
         if sent != Some(true) {
-            return Err(closed());
+            return Err(E::closed());
         }
         // Many callers waiting at once is what lets one commit serve them all.
-        let output = crate::blocking::wait_blocking(|| answer.recv()).map_err(|_| closed())??;
+        let output =
+            crate::blocking::wait_blocking(|| answer.recv()).map_err(|_| E::closed())??;
         output
             .downcast::<T>()
             .map(|v| *v)
-            .map_err(|_| StoreError::InvalidValue("write returned an unexpected type".into()))
+            .map_err(|_| E::bug("the write returned an unexpected type"))
     }
 
-    pub(super) fn stats(&self) -> WriteStats {
+    pub(crate) fn stats(&self) -> WriteStats {
         WriteStats {
             writes: self.counters.writes.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
@@ -93,7 +106,7 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
+impl<E: Failure> Drop for Writer<E> {
     fn drop(&mut self) {
         lock(&self.jobs).take();
         if let Some(thread) = lock(&self.thread).take() {
@@ -102,7 +115,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(conn: Connection, queue: mpsc::Receiver<Job>, counters: &Counters) {
+fn run<E: Failure>(conn: Connection, queue: mpsc::Receiver<Job<E>>, counters: &Counters) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -121,11 +134,11 @@ fn run(conn: Connection, queue: mpsc::Receiver<Job>, counters: &Counters) {
 }
 
 /// One transaction for the whole batch; answers every job once it is committed (or not).
-fn commit(conn: &Connection, batch: Vec<Job>) -> bool {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>) -> bool {
+    if let Err(e) = run_sql(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         for job in batch {
-            let _ = job.done.send(Err(not_committed(&reason)));
+            let _ = job.done.send(Err(E::not_committed(&reason)));
         }
         return false;
     }
@@ -133,7 +146,7 @@ fn commit(conn: &Connection, batch: Vec<Job>) -> bool {
     let mut aborted: Option<String> = None;
     for job in batch {
         if let Some(reason) = &aborted {
-            let _ = job.done.send(Err(not_committed(reason)));
+            let _ = job.done.send(Err(E::not_committed(reason)));
             continue;
         }
         match run_one(conn, job.work) {
@@ -147,7 +160,7 @@ fn commit(conn: &Connection, batch: Vec<Job>) -> bool {
     }
     let committed = match aborted {
         Some(reason) => Err(reason),
-        None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        None => run_sql(conn, "COMMIT").map_err(|e| e.to_string()),
     };
     match committed {
         Ok(()) => {
@@ -157,9 +170,9 @@ fn commit(conn: &Connection, batch: Vec<Job>) -> bool {
             true
         }
         Err(reason) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run_sql(conn, "ROLLBACK");
             for (done, result) in answers {
-                let _ = done.send(result.and(Err(not_committed(&reason))));
+                let _ = done.send(result.and(Err(E::not_committed(&reason))));
             }
             false
         }
@@ -168,27 +181,22 @@ fn commit(conn: &Connection, batch: Vec<Job>) -> bool {
 
 /// Runs one job in a savepoint. The outer error is the savepoint's own (fatal to the batch);
 /// the inner result is the job's, whose changes are undone if it failed.
-fn run_one(conn: &Connection, work: Work) -> Result<Result<Output, StoreError>, StoreError> {
-    conn.execute_batch("SAVEPOINT write")?;
+fn run_one<E: Failure>(conn: &Connection, work: Work<E>) -> Result<Result<Output, E>, E> {
+    run_sql(conn, "SAVEPOINT write")?;
     let result = catch_unwind(AssertUnwindSafe(|| work(conn))).unwrap_or_else(|_| {
         tracing::error!("a database write panicked; its changes are rolled back");
-        Err(StoreError::InvalidValue("the write panicked".into()))
+        Err(E::bug("the write panicked"))
     });
     if result.is_err() {
-        conn.execute_batch("ROLLBACK TO write")?;
+        run_sql(conn, "ROLLBACK TO write")?;
     }
-    conn.execute_batch("RELEASE write")?;
+    run_sql(conn, "RELEASE write")?;
     Ok(result)
 }
 
-fn not_committed(reason: &str) -> StoreError {
-    StoreError::Io(std::io::Error::other(format!(
-        "the write was not committed: {reason}"
-    )))
-}
-
-fn closed() -> StoreError {
-    StoreError::Io(std::io::Error::other("the database writer has stopped"))
+/// Runs a transaction-control statement, prepared once per connection.
+fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

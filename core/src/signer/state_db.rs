@@ -1,0 +1,546 @@
+//! The signer's state on disk: one SQLite database per state directory, shared by every node
+//! the process signs for, written with group commit.
+//!
+//! A save must be durable before the answer that depends on it leaves, and a signer process
+//! answers for many nodes at once. Each save is handed to the database's one writer thread
+//! ([`crate::group_commit`]), which commits all saves queued meanwhile in one transaction (WAL,
+//! `synchronous=FULL`: one append and one fsync) and answers each caller after the commit. A
+//! save is one transaction's part, so a crash leaves the old or the new state, never a mix.
+//!
+//! Rows, not one document per node: a channel per row (`signer_channels`), an approved payment
+//! per row (`signer_approved`) and a velocity entry per row (`signer_spent`). A save writes
+//! only the rows that changed since the state the caller last saved ([`StateStore::save_change`]),
+//! so its cost does not grow with the day's approved payments. Values are JSON, keys hex, so an
+//! operator can read them with `sqlite3`.
+//!
+//! Stores for nodes of one directory in one process share one connection and writer thread
+//! (a registry keyed by the directory). Each node keeps its own OS lock file
+//! (`<node_id>.signer-state.lock`, as before), so a second signer for the same node, in this
+//! process or another, is refused; signers of other nodes may share the directory and file.
+//! A `<node_id>.signer-state.json` left by the former file-per-node store is imported on first
+//! open and renamed to `.json.migrated`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::secp256k1::PublicKey;
+use rusqlite::{params, Connection, ErrorCode};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::state::{ApprovedPayment, ChannelState, SignerState, Spent, StateError, StateStore};
+use crate::group_commit::{Failure, WriteStats, Writer};
+
+/// The database file in a state directory.
+pub const DB_FILE: &str = "signer-state.db";
+/// `PRAGMA application_id` of a signer state database ("FLSS").
+pub const APPLICATION_ID: i32 = 0x464c_5353;
+/// Schema version (`PRAGMA user_version`) this code writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS signer_channels (
+        node_id TEXT NOT NULL,
+        keys_id TEXT NOT NULL,
+        state   TEXT NOT NULL,
+        PRIMARY KEY (node_id, keys_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS signer_approved (
+        node_id      TEXT NOT NULL,
+        payment_hash TEXT NOT NULL,
+        payment      TEXT NOT NULL,
+        PRIMARY KEY (node_id, payment_hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS signer_spent (
+        node_id TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        spent   TEXT NOT NULL,
+        PRIMARY KEY (node_id, seq)
+    ) WITHOUT ROWID;
+";
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node's signer state in the directory's SQLite database.
+pub struct SqliteStateStore {
+    db: Arc<Db>,
+    node: String,
+    /// Sequence number of the first saved velocity entry (`signer_spent.seq`).
+    spent_first: i64,
+    /// The next save rewrites every row of the node: set until a load, and after a failed
+    /// save (whose commit may or may not have happened).
+    rewrite: bool,
+    /// Held while the store lives; the kernel releases it when the process dies.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStateStore")
+            .field("path", &self.db.path)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStateStore {
+    /// The store for `node_id` in `dir` (created if missing), in `dir/signer-state.db`.
+    /// Refused with [`StateError::Locked`] while another store holds the node. Imports and
+    /// renames a `<node_id>.signer-state.json` of the former file store.
+    pub fn in_dir(dir: &Path, node_id: &PublicKey) -> Result<Self, StateError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(format!("{node_id}.signer-state.lock"));
+        let lock = crate::lock_file::try_exclusive(&lock_path)
+            .map_err(io(&lock_path))?
+            .ok_or_else(|| StateError::Locked {
+                path: lock_path.clone(),
+            })?;
+        let db = Db::shared(dir)?;
+        let mut store = SqliteStateStore {
+            db,
+            node: node_id.to_string(),
+            spent_first: 0,
+            rewrite: true,
+            _lock: lock,
+        };
+        store.migrate_file(&dir.join(format!("{node_id}.signer-state.json")))?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.db.path
+    }
+
+    /// Saves and commits of the whole database (all nodes of the directory in this process).
+    pub fn write_stats(&self) -> WriteStats {
+        self.db.writer.stats()
+    }
+
+    /// Imports a former `<node>.signer-state.json`: the state is committed first, then the
+    /// file renamed and the rename made durable. A crash in between imports the same file
+    /// again; no save happens while the file is still there, so nothing newer is overwritten.
+    fn migrate_file(&mut self, json: &Path) -> Result<(), StateError> {
+        let bytes = match fs::read(json) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: json.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let state: SignerState =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: json.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        self.save(&state)?;
+        let mut migrated = json.as_os_str().to_owned();
+        migrated.push(".migrated");
+        let done = || -> std::io::Result<()> {
+            fs::rename(json, &migrated)?;
+            if let Some(dir) = json.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        done().map_err(|source| StateError::Io {
+            path: json.to_path_buf(),
+            source,
+        })?;
+        tracing::info!(node = %self.node, from = %json.display(), "signer state imported into the database");
+        Ok(())
+    }
+
+    fn write(&mut self, change: Change) -> Result<(), StateError> {
+        let spent_first = change.spent_first;
+        self.rewrite = true;
+        self.db
+            .writer
+            .write(move |conn| change.apply(conn))
+            .map_err(|e| self.db.error(e))?;
+        self.rewrite = false;
+        self.spent_first = spent_first;
+        Ok(())
+    }
+}
+
+impl StateStore for SqliteStateStore {
+    fn load(&mut self) -> Result<SignerState, StateError> {
+        let node = self.node.clone();
+        let (state, spent_first) = self
+            .db
+            .writer
+            .write(move |conn| read_state(conn, &node))
+            .map_err(|e| self.db.error(e))?;
+        self.spent_first = spent_first;
+        self.rewrite = false;
+        Ok(state)
+    }
+
+    fn save(&mut self, state: &SignerState) -> Result<(), StateError> {
+        let change = Change::full(&self.node, state).map_err(|e| self.db.error(e))?;
+        self.write(change)
+    }
+
+    fn save_change(
+        &mut self,
+        previous: &SignerState,
+        next: &SignerState,
+    ) -> Result<(), StateError> {
+        if self.rewrite {
+            return self.save(next);
+        }
+        let change = Change::between(&self.node, self.spent_first, previous, next)
+            .map_err(|e| self.db.error(e))?;
+        self.write(change)
+    }
+}
+
+/// The rows one save writes for one node.
+#[derive(Debug, Default, PartialEq)]
+struct Change {
+    node: String,
+    /// Delete every row of the node first.
+    full: bool,
+    /// keys id (hex) → the channel's state (JSON), or `None` to delete it.
+    channels: Vec<(String, Option<String>)>,
+    /// payment hash (hex) → the approval (JSON), or `None` to delete it.
+    approved: Vec<(String, Option<String>)>,
+    /// Velocity entries below this sequence number are deleted; it is the first one's after.
+    spent_first: i64,
+    /// Velocity entries added, by sequence number.
+    spent: Vec<(i64, String)>,
+}
+
+impl Change {
+    /// Every row of `state`, replacing whatever the node had.
+    fn full(node: &str, state: &SignerState) -> Result<Change, DbError> {
+        Ok(Change {
+            node: node.to_owned(),
+            full: true,
+            channels: state
+                .channels
+                .iter()
+                .map(|(k, v)| Ok((k.to_lower_hex_string(), Some(json(v)?))))
+                .collect::<Result<_, DbError>>()?,
+            approved: state
+                .approved
+                .iter()
+                .map(|(k, v)| Ok((k.to_lower_hex_string(), Some(json(v)?))))
+                .collect::<Result<_, DbError>>()?,
+            spent_first: 0,
+            spent: numbered(0, &state.spent)?,
+        })
+    }
+
+    /// The rows that differ between `previous` (saved, its first velocity entry numbered
+    /// `spent_first`) and `next`.
+    fn between(
+        node: &str,
+        spent_first: i64,
+        previous: &SignerState,
+        next: &SignerState,
+    ) -> Result<Change, DbError> {
+        // Velocity entries are pruned from the front and pushed at the back: find how many
+        // of the previous ones went, so that the rest is where `next` starts. Dropping them all
+        // always fits, so this also covers any other reshuffle.
+        let old = &previous.spent;
+        let dropped = (0..=old.len())
+            .find(|&k| next.spent.starts_with(&old[k..]))
+            .unwrap_or(old.len());
+        let first = spent_first + dropped as i64;
+        let kept = old.len() - dropped;
+        Ok(Change {
+            node: node.to_owned(),
+            full: false,
+            channels: changed(&previous.channels, &next.channels)?,
+            approved: changed(&previous.approved, &next.approved)?,
+            spent_first: first,
+            spent: numbered(first + kept as i64, &next.spent[kept..])?,
+        })
+    }
+
+    fn apply(self, conn: &Connection) -> Result<(), DbError> {
+        let node = &self.node;
+        if self.full {
+            for table in ["signer_channels", "signer_approved", "signer_spent"] {
+                conn.prepare_cached(&format!("DELETE FROM {table} WHERE node_id = ?1"))?
+                    .execute([node])?;
+            }
+        }
+        for (keys_id, state) in &self.channels {
+            match state {
+                Some(state) => conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO signer_channels (node_id, keys_id, state) \
+                         VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![node, keys_id, state])?,
+                None => conn
+                    .prepare_cached(
+                        "DELETE FROM signer_channels WHERE node_id = ?1 AND keys_id = ?2",
+                    )?
+                    .execute(params![node, keys_id])?,
+            };
+        }
+        for (hash, payment) in &self.approved {
+            match payment {
+                Some(payment) => conn
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO signer_approved (node_id, payment_hash, payment) \
+                         VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![node, hash, payment])?,
+                None => conn
+                    .prepare_cached(
+                        "DELETE FROM signer_approved WHERE node_id = ?1 AND payment_hash = ?2",
+                    )?
+                    .execute(params![node, hash])?,
+            };
+        }
+        if !self.full {
+            conn.prepare_cached("DELETE FROM signer_spent WHERE node_id = ?1 AND seq < ?2")?
+                .execute(params![node, self.spent_first])?;
+        }
+        for (seq, spent) in &self.spent {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO signer_spent (node_id, seq, spent) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![node, seq, spent])?;
+        }
+        Ok(())
+    }
+
+    /// Nothing to write.
+    #[cfg(test)]
+    fn is_empty(&self, spent_first_before: i64) -> bool {
+        !self.full
+            && self.channels.is_empty()
+            && self.approved.is_empty()
+            && self.spent.is_empty()
+            && self.spent_first == spent_first_before
+    }
+}
+
+/// Entries of `next` that are new or differ from `previous` (as JSON), and `None` for keys
+/// `next` no longer has. One pass over both maps in key order.
+fn changed<V: PartialEq + Serialize>(
+    previous: &BTreeMap<[u8; 32], V>,
+    next: &BTreeMap<[u8; 32], V>,
+) -> Result<Vec<(String, Option<String>)>, DbError> {
+    let mut rows = Vec::new();
+    let (mut old, mut new) = (previous.iter().peekable(), next.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => {
+                rows.push((k.to_lower_hex_string(), None));
+                old.next();
+            }
+            (Some((ko, _)), Some((kn, _))) if ko < kn => {
+                rows.push((ko.to_lower_hex_string(), None));
+                old.next();
+            }
+            (Some((ko, vo)), Some((kn, vn))) if ko == kn => {
+                if vo != vn {
+                    rows.push((kn.to_lower_hex_string(), Some(json(vn)?)));
+                }
+                old.next();
+                new.next();
+            }
+            (_, Some((kn, vn))) => {
+                rows.push((kn.to_lower_hex_string(), Some(json(vn)?)));
+                new.next();
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn numbered(first: i64, spent: &[Spent]) -> Result<Vec<(i64, String)>, DbError> {
+    spent
+        .iter()
+        .zip(first..)
+        .map(|(s, seq)| Ok((seq, json(s)?)))
+        .collect()
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String, DbError> {
+    serde_json::to_string(value).map_err(|e| DbError::Corrupt(e.to_string()))
+}
+
+fn parse<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, DbError> {
+    serde_json::from_str(text).map_err(|e| DbError::Corrupt(format!("{what}: {e}")))
+}
+
+fn key(hex: &str, what: &str) -> Result<[u8; 32], DbError> {
+    <[u8; 32]>::from_hex(hex).map_err(|e| DbError::Corrupt(format!("{what} {hex}: {e}")))
+}
+
+/// A node's state and the sequence number of its first velocity entry.
+fn read_state(conn: &Connection, node: &str) -> Result<(SignerState, i64), DbError> {
+    let mut state = SignerState::default();
+    let mut rows =
+        conn.prepare_cached("SELECT keys_id, state FROM signer_channels WHERE node_id = ?1")?;
+    for row in rows.query_map([node], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (keys_id, channel) = row?;
+        let channel: ChannelState = parse(&channel, "channel state")?;
+        state.channels.insert(key(&keys_id, "keys id")?, channel);
+    }
+    let mut rows = conn
+        .prepare_cached("SELECT payment_hash, payment FROM signer_approved WHERE node_id = ?1")?;
+    for row in rows.query_map([node], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (hash, payment) = row?;
+        let payment: ApprovedPayment = parse(&payment, "approved payment")?;
+        state.approved.insert(key(&hash, "payment hash")?, payment);
+    }
+    let mut rows =
+        conn.prepare_cached("SELECT seq, spent FROM signer_spent WHERE node_id = ?1 ORDER BY seq")?;
+    let mut first = None;
+    for row in rows.query_map([node], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })? {
+        let (seq, spent) = row?;
+        first.get_or_insert(seq);
+        state.spent.push(parse(&spent, "velocity entry")?);
+    }
+    // Saves number entries contiguously from the first, which `Change::between` relies on.
+    let first = first.unwrap_or(0);
+    Ok((state, first))
+}
+
+/// One open database: its writer thread and connection.
+struct Db {
+    writer: Writer<DbError>,
+    path: PathBuf,
+}
+
+impl Db {
+    /// The database of `dir`, opened by the first store of the directory in this process and
+    /// shared with the others while any is alive.
+    fn shared(dir: &Path) -> Result<Arc<Db>, StateError> {
+        static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Db>>>> = OnceLock::new();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        let dir = fs::canonicalize(dir).map_err(io(dir))?;
+        let mut open = OPEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, db| db.strong_count() > 0);
+        if let Some(db) = open.get(&dir).and_then(Weak::upgrade) {
+            return Ok(db);
+        }
+        let path = dir.join(DB_FILE);
+        let conn = connect(&path).map_err(|e| db_error(&path, e))?;
+        let writer = Writer::start(conn, "flotilla-signer-state").map_err(io(&path))?;
+        let db = Arc::new(Db { writer, path });
+        open.insert(dir, Arc::downgrade(&db));
+        Ok(db)
+    }
+
+    fn error(&self, e: DbError) -> StateError {
+        db_error(&self.path, e)
+    }
+}
+
+/// Opens `path`, refusing a database of another application or a newer schema, and creates
+/// the tables.
+fn connect(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    if app != APPLICATION_ID && (app != 0 || objects > 0) {
+        return Err(DbError::Corrupt(
+            "not a Flotilla signer state database".into(),
+        ));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(DbError::Corrupt(format!(
+            "schema version {version} is newer than the {SCHEMA_VERSION} this binary supports"
+        )));
+    }
+    // WAL: a commit is one append and one fsync; FULL: that fsync happens before it returns.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Corrupt(format!(
+            "SQLite refused WAL journal mode (got {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))?;
+    Ok(conn)
+}
+
+/// What the writer reports: SQLite's errors and its own.
+#[derive(Debug, thiserror::Error)]
+enum DbError {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Writer(String),
+}
+
+impl Failure for DbError {
+    fn not_committed(reason: &str) -> Self {
+        DbError::Writer(format!("the save was not committed: {reason}"))
+    }
+
+    fn closed() -> Self {
+        DbError::Writer("the state database's writer has stopped".into())
+    }
+
+    fn bug(what: &str) -> Self {
+        DbError::Writer(what.into())
+    }
+}
+
+fn db_error(path: &Path, e: DbError) -> StateError {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match e {
+        DbError::Corrupt(reason) => corrupt(reason),
+        DbError::Sqlite(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+            ) =>
+        {
+            corrupt(e.to_string())
+        }
+        other => StateError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "state_db_tests.rs"]
+mod tests;
