@@ -61,6 +61,35 @@ impl HostProcess {
         hub_port: u16,
         nodes: &[(&str, &Path)],
     ) -> Result<Self, String> {
+        Self::start_with_stderr(dir, name, chain_json, hub_port, nodes, Stdio::inherit()).await
+    }
+
+    /// [`HostProcess::start`] with the host's log (its stderr) appended to `log`, so a test
+    /// can search what LDK said (several runs of one host may share the file).
+    pub async fn start_logged(
+        dir: &Path,
+        name: &str,
+        chain_json: &Path,
+        hub_port: u16,
+        nodes: &[(&str, &Path)],
+        log: &Path,
+    ) -> Result<Self, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        Self::start_with_stderr(dir, name, chain_json, hub_port, nodes, file.into()).await
+    }
+
+    async fn start_with_stderr(
+        dir: &Path,
+        name: &str,
+        chain_json: &Path,
+        hub_port: u16,
+        nodes: &[(&str, &Path)],
+        stderr: Stdio,
+    ) -> Result<Self, String> {
         let nodes: Vec<Value> = nodes
             .iter()
             .map(|(alias, seed)| json!({"alias": alias, "node_id": node_id_of(seed)}))
@@ -78,7 +107,7 @@ impl HostProcess {
         cmd.arg("host").arg("--config").arg(&config);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()

@@ -12,11 +12,6 @@ use std::time::Duration;
 use lightning::events::{Event, ReplayEvent};
 use lightning::ln::msgs::OnionMessageHandler;
 use lightning::sign::EntropySource;
-use lightning::util::persist::{
-    KVStoreSync, CHANNEL_MANAGER_PERSISTENCE_KEY, CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
-    CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
-};
-use lightning::util::ser::Writeable;
 use tokio::time::Instant;
 
 use super::node::Node;
@@ -68,8 +63,8 @@ pub(crate) async fn drive(node: Arc<Node>) {
         if *stop.borrow() {
             break;
         }
-        // Persist before handling events too: LDK force-closes a channel whose saved manager
-        // is behind its monitor, so the window after a monitor update is kept short.
+        // Save before handling events too: monitor updates wait for it, and so do the
+        // messages LDK sends once they completed.
         if !persist_if_needed(&node) {
             return;
         }
@@ -125,37 +120,35 @@ pub(crate) async fn drive(node: Arc<Node>) {
             _ = cm.get_event_or_persistence_needed_future() => {}
             _ = node.chain_monitor.get_update_future() => {}
             _ = node.onion_messenger.get_update_future() => {}
+            _ = node.persister.changed() => {}
             _ = forwards => {}
         }
     }
-    // Like LDK's loop on exit: monitor updates may have raced the last regular persist.
-    if let Err(e) = persist_manager(&node) {
+    // Like LDK's loop on exit: monitor updates may have raced the last regular save.
+    if let Err(e) = save(&node) {
         tracing::error!(node = %node.alias, error = %e, "final channel manager persist failed");
     }
 }
 
-/// Persists the channel manager if LDK says it changed; false if that failed (as LDK's loop,
-/// a node whose channel manager cannot be saved must not go on).
+/// Saves the channel manager and the monitors waiting for it if either changed; false if that
+/// failed (as LDK's loop, a node whose state cannot be saved must not go on).
 fn persist_if_needed(node: &Node) -> bool {
-    if !node.channel_manager.get_and_clear_needs_persistence() {
+    // Both flags are read (and the manager's cleared) before the save encodes anything.
+    let manager = node.channel_manager.get_and_clear_needs_persistence();
+    if !manager && !node.persister.is_dirty() {
         return true;
     }
-    match persist_manager(node) {
+    match save(node) {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!(node = %node.alias, error = %e, "persisting the channel manager failed; background processing stopped");
+            tracing::error!(node = %node.alias, error = %e, "saving the channel manager and monitors failed; background processing stopped");
             false
         }
     }
 }
 
-fn persist_manager(node: &Node) -> Result<(), lightning::io::Error> {
-    node.kv.write(
-        CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
-        CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
-        CHANNEL_MANAGER_PERSISTENCE_KEY,
-        node.channel_manager.encode(),
-    )
+fn save(node: &Node) -> Result<(), lightning::io::Error> {
+    super::persist::save(&node.persister, &node.chain_monitor, &node.channel_manager)
 }
 
 /// Shortest and longest wait before HTLCs are forwarded (and received: LDK processes both

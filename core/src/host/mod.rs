@@ -13,6 +13,7 @@ pub mod node;
 mod ops;
 mod parking;
 mod peers;
+pub mod persist;
 pub mod types;
 
 pub use background::Background;

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::error::HostError;
 use super::logger::LdkLogger;
+use super::persist::MonitorPersister;
 use super::types::{
     ChainFilter, ChainMonitor, ChannelManager, GossipSync, Graph, Keys, Logger, OnionMessenger,
     PeerManager, SharedScorer, Sweeper,
@@ -68,6 +69,8 @@ pub struct Node {
     /// The node's signer: every signature, and whether it is attached.
     pub(crate) link: SignerLink,
     pub(crate) kv: Arc<KvStore>,
+    /// Writes the channel monitors, together with the manager (see `persist.rs`).
+    pub(crate) persister: Arc<MonitorPersister>,
     pub(crate) shared: Shared,
     pub(crate) logger: Arc<Logger>,
     listen_addr: SocketAddr,
@@ -216,12 +219,16 @@ impl Node {
             birthday,
         )?);
 
+        let persister = Arc::new(MonitorPersister::new(
+            kv.clone(),
+            shared.background == super::Background::Shared,
+        ));
         let chain_monitor: Arc<ChainMonitor> = Arc::new(ChainMonitor::new(
             None,
             broadcaster.clone(),
             logger.clone(),
             fees.clone(),
-            kv.clone(),
+            persister.clone(),
             keys.clone(),
             keys.get_peer_storage_key(),
         ));
@@ -424,6 +431,7 @@ impl Node {
             keys,
             link,
             kv,
+            persister,
             shared: shared.clone(),
             logger,
             listen_addr,

@@ -13,6 +13,7 @@ use lightning::util::sweep::OutputSweeperSync;
 use lightning_net_tokio::SocketDescriptor;
 
 use super::logger::LdkLogger;
+use super::persist::MonitorPersister;
 use crate::chain::{Broadcaster, FeeCache};
 use crate::signer::channel_proxy::RemoteChannelSigner;
 use crate::signer::node_proxy::RemoteKeys;
@@ -35,7 +36,7 @@ pub type ChainMonitor = lightning::chain::chainmonitor::ChainMonitor<
     Arc<Broadcaster>,
     Arc<FeeCache>,
     Arc<Logger>,
-    Arc<KvStore>,
+    Arc<MonitorPersister>,
     Keys,
 >;
 pub type Router = DefaultRouter<

@@ -48,10 +48,48 @@ impl KvStore {
         )
     }
 
+    /// Writes every entry in one transaction: after a crash, all of them or none (a node's
+    /// channel monitors together with the channel manager that knows their updates).
+    pub fn write_all(&self, entries: Vec<KvWrite>) -> Result<(), io::Error> {
+        for e in &entries {
+            check_key(&e.primary, &e.secondary, &e.key)?;
+        }
+        let scope = self.scope.clone();
+        self.store
+            .write(move |conn| {
+                let mut insert = conn.prepare_cached(
+                    "INSERT INTO kv (scope, primary_namespace, secondary_namespace, key, value)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (scope, primary_namespace, secondary_namespace, key)
+                     DO UPDATE SET value = excluded.value",
+                )?;
+                for e in entries {
+                    insert.execute(rusqlite::params![
+                        &*scope,
+                        e.primary,
+                        e.secondary,
+                        e.key,
+                        e.value
+                    ])?;
+                }
+                Ok(())
+            })
+            .map_err(to_io)
+    }
+
     /// The scope this store reads and writes.
     pub fn scope(&self) -> &str {
         &self.scope
     }
+}
+
+/// One value for [`KvStore::write_all`].
+#[derive(Debug)]
+pub struct KvWrite {
+    pub primary: String,
+    pub secondary: String,
+    pub key: String,
+    pub value: Vec<u8>,
 }
 
 impl fmt::Debug for KvStore {
@@ -101,21 +139,12 @@ impl KVStoreSync for KvStore {
         key: &str,
         buf: Vec<u8>,
     ) -> Result<(), io::Error> {
-        check_key(primary_namespace, secondary_namespace, key)?;
-        let (scope, primary, secondary, key) =
-            self.owned(primary_namespace, secondary_namespace, key);
-        self.store
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO kv (scope, primary_namespace, secondary_namespace, key, value)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (scope, primary_namespace, secondary_namespace, key)
-                     DO UPDATE SET value = excluded.value",
-                )?
-                .execute(rusqlite::params![&*scope, primary, secondary, key, buf])?;
-                Ok(())
-            })
-            .map_err(to_io)
+        self.write_all(vec![KvWrite {
+            primary: primary_namespace.to_owned(),
+            secondary: secondary_namespace.to_owned(),
+            key: key.to_owned(),
+            value: buf,
+        }])
     }
 
     fn remove(

@@ -36,7 +36,7 @@ use crate::group_commit::Writer;
 
 pub use crate::group_commit::WriteStats;
 pub use error::StoreError;
-pub use kv::KvStore;
+pub use kv::{KvStore, KvWrite};
 pub use lock::lock_path;
 pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};
 pub use rows::{
