@@ -224,6 +224,43 @@ fn assert_nothing_closed(setup: &Setup, node_ids: &[(&str, String)], when: &str)
 
 /// Waits until the channel is usable on both sides again; fails at once if either side no
 /// longer lists it (LDK closed it), or after [`BACK_WITHIN`].
+/// Monitors are stored as LDK's update-writing persister stores them: whole ones marked with
+/// its sentinel (so a reader that would ignore the updates refuses them), and fewer than
+/// `FULL_EVERY` updates beside each (older ones are deleted when the whole monitor is written).
+fn assert_monitor_layout(db: &Path) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("host database");
+    let mut monitors = conn
+        .prepare("SELECT scope, key, value FROM kv WHERE primary_namespace = 'monitors'")
+        .unwrap();
+    let monitors: Vec<(String, String, Vec<u8>)> = monitors
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(monitors.len(), 2, "one monitor per side of the channel");
+    for (scope, key, value) in monitors {
+        assert!(
+            value
+                .starts_with(lightning::util::persist::MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL),
+            "monitor {key} of {scope} is not marked as stored with its updates"
+        );
+        let updates: u64 = conn
+            .query_row(
+                "SELECT count(*) FROM kv WHERE scope = ?1
+                 AND primary_namespace = 'monitor_updates' AND secondary_namespace = ?2",
+                [&scope, &key],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            updates < flotilla_core::host::persist::FULL_EVERY,
+            "{updates} updates kept beside monitor {key} of {scope}"
+        );
+    }
+}
+
 async fn wait_channel_back(host: &mut HostProcess, setup: &Setup, channel_id: &str, after: &str) {
     let deadline = Instant::now() + BACK_WITHIN;
     loop {
@@ -503,6 +540,7 @@ async fn kill_9_mid_payment_keeps_channel() {
 
     host.stop().await;
     assert_nothing_closed(&setup, &node_ids, "in the database at the end");
+    assert_monitor_layout(&setup.db());
     assert!(
         !setup.stale_manager_logged(),
         "LDK found a stale channel manager\n{}",

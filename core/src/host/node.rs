@@ -19,10 +19,9 @@ use lightning::routing::scoring::ProbabilisticScoringFeeParameters;
 use lightning::sign::{EntropySource, NodeSigner};
 use lightning::util::config::UserConfig;
 use lightning::util::persist::{
-    read_channel_monitors, KVStoreSync, CHANNEL_MANAGER_PERSISTENCE_KEY,
-    CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE, CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
-    OUTPUT_SWEEPER_PERSISTENCE_KEY, OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
-    OUTPUT_SWEEPER_PERSISTENCE_SECONDARY_NAMESPACE,
+    KVStoreSync, CHANNEL_MANAGER_PERSISTENCE_KEY, CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
+    CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE, OUTPUT_SWEEPER_PERSISTENCE_KEY,
+    OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE, OUTPUT_SWEEPER_PERSISTENCE_SECONDARY_NAMESPACE,
 };
 use lightning::util::ser::ReadableArgs;
 use tokio::sync::{oneshot, watch};
@@ -222,6 +221,10 @@ impl Node {
         let persister = Arc::new(MonitorPersister::new(
             kv.clone(),
             shared.background == super::Background::Shared,
+            keys.clone(),
+            broadcaster.clone(),
+            fees.clone(),
+            logger.clone(),
         ));
         let chain_monitor: Arc<ChainMonitor> = Arc::new(ChainMonitor::new(
             None,
@@ -245,9 +248,9 @@ impl Node {
         ));
 
         // Channel monitors first: the channel manager is read against them.
-        let mut monitors: Vec<(BlockHash, ChannelMonitor<RemoteChannelSigner>)> =
-            read_channel_monitors(kv.clone(), keys.clone(), keys.clone())
-                .map_err(|e| HostError::Corrupt(format!("channel monitors of {id_hex}: {e}")))?;
+        let mut monitors: Vec<(BlockHash, ChannelMonitor<RemoteChannelSigner>)> = persister
+            .read_monitors()
+            .map_err(|e| HostError::Corrupt(format!("channel monitors of {id_hex}: {e}")))?;
         let manager_bytes = read_optional(
             &*kv,
             CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,

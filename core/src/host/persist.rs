@@ -4,55 +4,119 @@
 //! monitor the moment it changes (LDK's default persister) and the manager a moment later
 //! leaves a window where a crash costs a force close. Here a monitor change is only noted
 //! ([`ChannelMonitorUpdateStatus::InProgress`]); the node's driver then calls [`save`], which
-//! writes the changed monitors and the manager in one transaction, the monitors encoded first,
-//! so a saved monitor is never ahead of the saved manager (a manager ahead of its monitors is
-//! fine: it keeps the in-flight updates and replays them on start). Only after the commit does
-//! LDK hear the updates completed, and only then does it send the messages that depend on them.
-//! Updates that arrive while a save runs are saved by the next one, which they wake.
+//! writes the noted changes and the manager in one transaction, the changes taken first, so
+//! what is saved of a monitor is never ahead of the saved manager (a manager ahead of its
+//! monitors is fine: it keeps the in-flight updates and replays them on start). Only after the
+//! commit does LDK hear the updates completed, and only then does it send the messages that
+//! depend on them. Changes that arrive while a save runs are saved by the next one.
+//!
+//! A monitor grows with every commitment of its channel, so rewriting it per update would
+//! cost more with each payment. A save writes each update's own bytes instead, and the whole
+//! monitor only every [`FULL_EVERY`] updates (then the updates before it are deleted), in the
+//! layout of LDK's `MonitorUpdatingPersister`, whose reader loads them ([`read_monitors`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bitcoin::BlockHash;
 use lightning::chain::chainmonitor::Persist;
 use lightning::chain::channelmonitor::{ChannelMonitor, ChannelMonitorUpdate};
 use lightning::chain::ChannelMonitorUpdateStatus;
 use lightning::ln::types::ChannelId;
 use lightning::util::persist::{
-    MonitorName, CHANNEL_MANAGER_PERSISTENCE_KEY, CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
-    CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE, CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
-    CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
+    MonitorName, MonitorUpdatingPersister, ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
+    ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE, CHANNEL_MANAGER_PERSISTENCE_KEY,
+    CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE, CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
+    CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE, CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
+    CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE,
+    MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL,
 };
 use lightning::util::ser::Writeable;
 use tokio::sync::Notify;
 
-use super::types::{ChainMonitor, ChannelManager};
+use super::types::{ChainMonitor, ChannelManager, Keys, Logger};
+use crate::chain::{Broadcaster, FeeCache};
 use crate::signer::channel_proxy::RemoteChannelSigner;
 use crate::store::{KvStore, KvWrite};
+
+/// A monitor is written whole when an update id is a multiple of this (as LDK's own
+/// update-writing persister decides), so at most this many updates are replayed on load.
+pub const FULL_EVERY: u64 = 64;
+
+/// Update id LDK used for every update after a close before 0.1; always written whole.
+const LEGACY_CLOSED_UPDATE_ID: u64 = u64::MAX;
+
+/// LDK's reader of monitors stored with their updates.
+type Reader = MonitorUpdatingPersister<
+    Arc<KvStore>,
+    Arc<Logger>,
+    Keys,
+    Keys,
+    Arc<Broadcaster>,
+    Arc<FeeCache>,
+>;
+
+/// What waits for the next save of one channel.
+#[derive(Default)]
+struct Noted {
+    /// The monitor's storage key.
+    key: String,
+    /// Updates to write, in order, with their encoding.
+    updates: Vec<(u64, Vec<u8>)>,
+    /// The whole monitor must be written (new channel, chain sync, or every [`FULL_EVERY`]).
+    whole: bool,
+    /// Update ids to report completed once saved.
+    complete: Vec<u64>,
+}
 
 /// The chain monitor's persister for one node.
 pub struct MonitorPersister {
     kv: Arc<KvStore>,
-    /// Whether monitors wait for [`save`] (the shared driver) or are written at once (LDK's
-    /// own background loop, which saves only the manager).
+    reader: Reader,
+    /// Whether changes wait for [`save`] (the shared driver) or are written at once, whole
+    /// (LDK's own background loop, which saves only the manager).
     deferred: bool,
-    /// Channels whose monitor changed with no update to complete (chain sync) since the last
-    /// save: LDK does not list them as pending.
-    synced: Mutex<HashSet<ChannelId>>,
+    noted: Mutex<HashMap<ChannelId, Noted>>,
     /// Something waits for [`save`].
     dirty: AtomicBool,
     wake: Notify,
 }
 
 impl MonitorPersister {
-    pub(crate) fn new(kv: Arc<KvStore>, deferred: bool) -> MonitorPersister {
+    pub(crate) fn new(
+        kv: Arc<KvStore>,
+        deferred: bool,
+        keys: Keys,
+        broadcaster: Arc<Broadcaster>,
+        fees: Arc<FeeCache>,
+        logger: Arc<Logger>,
+    ) -> MonitorPersister {
+        // The reader never writes: its update threshold does not matter.
+        let reader = MonitorUpdatingPersister::new(
+            kv.clone(),
+            logger,
+            FULL_EVERY,
+            keys.clone(),
+            keys,
+            broadcaster,
+            fees,
+        );
         MonitorPersister {
             kv,
+            reader,
             deferred,
-            synced: Mutex::new(HashSet::new()),
+            noted: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
             wake: Notify::new(),
         }
+    }
+
+    /// Every stored monitor with its stored updates applied.
+    pub(crate) fn read_monitors(
+        &self,
+    ) -> Result<Vec<(BlockHash, ChannelMonitor<RemoteChannelSigner>)>, lightning::io::Error> {
+        self.reader.read_all_channel_monitors_with_updates()
     }
 
     /// Whether a monitor change waits for [`save`].
@@ -66,12 +130,19 @@ impl MonitorPersister {
         self.wake.notified().await
     }
 
-    fn note(&self, channel: Option<ChannelId>) -> ChannelMonitorUpdateStatus {
-        if let Some(channel) = channel {
-            self.synced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(channel);
+    fn note(
+        &self,
+        name: MonitorName,
+        channel: ChannelId,
+        change: impl FnOnce(&mut Noted),
+    ) -> ChannelMonitorUpdateStatus {
+        {
+            let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = noted.entry(channel).or_insert_with(|| Noted {
+                key: name.to_string(),
+                ..Noted::default()
+            });
+            change(entry);
         }
         self.dirty.store(true, Ordering::Release);
         self.wake.notify_one();
@@ -83,7 +154,7 @@ impl MonitorPersister {
         name: MonitorName,
         monitor: &ChannelMonitor<RemoteChannelSigner>,
     ) -> ChannelMonitorUpdateStatus {
-        match self.kv.write_all(vec![monitor_entry(&name, monitor)]) {
+        match self.kv.write_all(whole_monitor(&name.to_string(), monitor)) {
             Ok(()) => ChannelMonitorUpdateStatus::Completed,
             Err(e) => {
                 tracing::error!(monitor = %name, error = %e, "writing a channel monitor failed");
@@ -93,13 +164,23 @@ impl MonitorPersister {
     }
 }
 
-fn monitor_entry(name: &MonitorName, monitor: &ChannelMonitor<RemoteChannelSigner>) -> KvWrite {
-    KvWrite {
-        primary: CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-        secondary: CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
-        key: name.to_string(),
-        value: monitor.encode(),
-    }
+/// The whole monitor (marked as LDK's update-writing persister marks it, so a reader that
+/// would ignore the updates refuses it) and the removal of the updates it contains.
+fn whole_monitor(key: &str, monitor: &ChannelMonitor<RemoteChannelSigner>) -> Vec<KvWrite> {
+    let mut value = MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL.to_vec();
+    value.extend_from_slice(&monitor.encode());
+    vec![
+        KvWrite::Put {
+            primary: CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
+            secondary: CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
+            key: key.to_owned(),
+            value,
+        },
+        KvWrite::Clear {
+            primary: CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
+            secondary: key.to_owned(),
+        },
+    ]
 }
 
 impl Persist<RemoteChannelSigner> for MonitorPersister {
@@ -108,12 +189,14 @@ impl Persist<RemoteChannelSigner> for MonitorPersister {
         name: MonitorName,
         monitor: &ChannelMonitor<RemoteChannelSigner>,
     ) -> ChannelMonitorUpdateStatus {
-        if self.deferred {
-            // Listed as pending by the chain monitor until `save` completes it.
-            self.note(None)
-        } else {
-            self.write_now(name, monitor)
+        if !self.deferred {
+            return self.write_now(name, monitor);
         }
+        let id = monitor.get_latest_update_id();
+        self.note(name, monitor.channel_id(), |n| {
+            n.whole = true;
+            n.complete.push(id);
+        })
     }
 
     fn update_persisted_channel(
@@ -126,59 +209,97 @@ impl Persist<RemoteChannelSigner> for MonitorPersister {
             return self.write_now(name, monitor);
         }
         match update {
-            Some(_) => self.note(None),
-            // A chain-sync write: the monitor may hold updates the saved manager does not know
-            // yet, so it waits for the next save as well.
-            None => self.note(Some(monitor.channel_id())),
+            Some(update) => {
+                let id = update.update_id;
+                let bytes = update.encode();
+                self.note(name, monitor.channel_id(), |n| {
+                    n.whole |= id == LEGACY_CLOSED_UPDATE_ID || id % FULL_EVERY == 0;
+                    n.updates.push((id, bytes));
+                    n.complete.push(id);
+                })
+            }
+            // A chain-sync write: nothing to complete, but the monitor may hold updates the
+            // saved manager does not know yet, so it waits for the next save as well.
+            None => self.note(name, monitor.channel_id(), |n| n.whole = true),
         }
     }
 
     fn archive_persisted_channel(&self, name: MonitorName) {
-        // Long after the channel closed: nothing of it is pending any more.
-        Persist::<RemoteChannelSigner>::archive_persisted_channel(&*self.kv, name)
+        let key = name.to_string();
+        let monitor = match self.reader.read_channel_monitor_with_updates(&key) {
+            Ok((_, monitor)) => monitor,
+            Err(e) => {
+                tracing::warn!(monitor = %key, error = %e, "cannot archive a channel monitor");
+                return;
+            }
+        };
+        // The archived copy replaces the live one and its updates in one transaction.
+        let changes = vec![
+            KvWrite::Put {
+                primary: ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
+                secondary: ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
+                key: key.clone(),
+                value: monitor.encode(),
+            },
+            KvWrite::Remove {
+                primary: CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
+                secondary: CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
+                key: key.clone(),
+            },
+            KvWrite::Clear {
+                primary: CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
+                secondary: key,
+            },
+        ];
+        if let Err(e) = self.kv.write_all(changes) {
+            tracing::warn!(error = %e, "archiving a channel monitor failed");
+        }
     }
 }
 
-/// Saves the node's changed monitors and its channel manager in one transaction, then tells
-/// the chain monitor which updates completed.
+/// Saves the node's noted monitor changes and its channel manager in one transaction, then
+/// tells the chain monitor which updates completed.
 pub(crate) fn save(
     persister: &MonitorPersister,
     chain_monitor: &ChainMonitor,
     manager: &ChannelManager,
 ) -> Result<(), lightning::io::Error> {
     persister.dirty.store(false, Ordering::Release);
-    // Taken before the monitors are encoded: every listed update is in the bytes written.
-    let pending = chain_monitor.list_pending_monitor_updates();
-    let synced = std::mem::take(&mut *persister.synced.lock().unwrap_or_else(|p| p.into_inner()));
-    let channels: HashSet<ChannelId> = pending.keys().copied().chain(synced).collect();
-    let mut entries = Vec::with_capacity(channels.len() + 1);
-    for channel in &channels {
-        // A monitor gone meanwhile (archived) has nothing left to save.
-        if let Ok(monitor) = chain_monitor.get_monitor(*channel) {
-            entries.push(monitor_entry(&monitor.persistence_key(), &monitor));
+    // Taken before the manager is encoded: the manager knows every update taken here.
+    let noted = std::mem::take(&mut *persister.noted.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut changes = Vec::new();
+    let mut completed = Vec::with_capacity(noted.len());
+    for (channel, n) in noted {
+        if n.whole {
+            // May hold later updates too: the manager, encoded below, knows them as well.
+            if let Ok(monitor) = chain_monitor.get_monitor(channel) {
+                changes.extend(whole_monitor(&n.key, &monitor));
+            }
+        } else {
+            for (id, bytes) in n.updates {
+                changes.push(KvWrite::Put {
+                    primary: CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
+                    secondary: n.key.clone(),
+                    key: id.to_string(),
+                    value: bytes,
+                });
+            }
         }
+        completed.push((channel, n.complete));
     }
-    // The manager last: it knows at least every update the monitors above contain.
-    entries.push(KvWrite {
+    changes.push(KvWrite::Put {
         primary: CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
         secondary: CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
         key: CHANNEL_MANAGER_PERSISTENCE_KEY.to_owned(),
         value: manager.encode(),
     });
-    if let Err(e) = persister.kv.write_all(entries) {
-        // Nothing was written: the same channels wait for the next save.
-        persister
-            .synced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(channels);
-        persister.dirty.store(true, Ordering::Release);
-        return Err(e);
-    }
-    for (channel, updates) in pending {
-        for update in updates {
+    // On failure the driver stops the node (as LDK's loop would): nothing is completed, so
+    // LDK sends nothing that depends on the lost changes, and a restart replays them.
+    persister.kv.write_all(changes)?;
+    for (channel, ids) in completed {
+        for id in ids {
             // Err only for a monitor removed meanwhile: nothing waits on it.
-            let _ = chain_monitor.channel_monitor_updated(channel, update);
+            let _ = chain_monitor.channel_monitor_updated(channel, id);
         }
     }
     Ok(())

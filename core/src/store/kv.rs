@@ -33,44 +33,61 @@ impl KvStore {
         }
     }
 
-    /// What a write needs to own: it runs on the writer thread.
-    fn owned(
-        &self,
-        primary: &str,
-        secondary: &str,
-        key: &str,
-    ) -> (Arc<str>, String, String, String) {
-        (
-            self.scope.clone(),
-            primary.to_owned(),
-            secondary.to_owned(),
-            key.to_owned(),
-        )
-    }
-
-    /// Writes every entry in one transaction: after a crash, all of them or none (a node's
+    /// Applies every change in one transaction: after a crash, all of them or none (a node's
     /// channel monitors together with the channel manager that knows their updates).
-    pub fn write_all(&self, entries: Vec<KvWrite>) -> Result<(), io::Error> {
-        for e in &entries {
-            check_key(&e.primary, &e.secondary, &e.key)?;
+    pub fn write_all(&self, changes: Vec<KvWrite>) -> Result<(), io::Error> {
+        for change in &changes {
+            match change {
+                KvWrite::Put {
+                    primary,
+                    secondary,
+                    key,
+                    ..
+                } => check_key(primary, secondary, key)?,
+                KvWrite::Remove {
+                    primary,
+                    secondary,
+                    key,
+                } => check_key(primary, secondary, key)?,
+                KvWrite::Clear { primary, secondary } => check_namespaces(primary, secondary)?,
+            }
         }
         let scope = self.scope.clone();
         self.store
             .write(move |conn| {
-                let mut insert = conn.prepare_cached(
-                    "INSERT INTO kv (scope, primary_namespace, secondary_namespace, key, value)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (scope, primary_namespace, secondary_namespace, key)
-                     DO UPDATE SET value = excluded.value",
-                )?;
-                for e in entries {
-                    insert.execute(rusqlite::params![
-                        &*scope,
-                        e.primary,
-                        e.secondary,
-                        e.key,
-                        e.value
-                    ])?;
+                for change in changes {
+                    match change {
+                        KvWrite::Put {
+                            primary,
+                            secondary,
+                            key,
+                            value,
+                        } => conn
+                            .prepare_cached(
+                                "INSERT INTO kv
+                                 (scope, primary_namespace, secondary_namespace, key, value)
+                                 VALUES (?1, ?2, ?3, ?4, ?5)
+                                 ON CONFLICT (scope, primary_namespace, secondary_namespace, key)
+                                 DO UPDATE SET value = excluded.value",
+                            )?
+                            .execute(rusqlite::params![&*scope, primary, secondary, key, value])?,
+                        KvWrite::Remove {
+                            primary,
+                            secondary,
+                            key,
+                        } => conn
+                            .prepare_cached(
+                                "DELETE FROM kv WHERE scope = ?1 AND primary_namespace = ?2
+                                 AND secondary_namespace = ?3 AND key = ?4",
+                            )?
+                            .execute([&*scope, &primary, &secondary, &key])?,
+                        KvWrite::Clear { primary, secondary } => conn
+                            .prepare_cached(
+                                "DELETE FROM kv WHERE scope = ?1 AND primary_namespace = ?2
+                                 AND secondary_namespace = ?3",
+                            )?
+                            .execute([&*scope, &primary, &secondary])?,
+                    };
                 }
                 Ok(())
             })
@@ -83,13 +100,24 @@ impl KvStore {
     }
 }
 
-/// One value for [`KvStore::write_all`].
+/// One change for [`KvStore::write_all`].
 #[derive(Debug)]
-pub struct KvWrite {
-    pub primary: String,
-    pub secondary: String,
-    pub key: String,
-    pub value: Vec<u8>,
+pub enum KvWrite {
+    /// Sets a key's value.
+    Put {
+        primary: String,
+        secondary: String,
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Removes a key.
+    Remove {
+        primary: String,
+        secondary: String,
+        key: String,
+    },
+    /// Removes every key of a namespace.
+    Clear { primary: String, secondary: String },
 }
 
 impl fmt::Debug for KvStore {
@@ -139,7 +167,7 @@ impl KVStoreSync for KvStore {
         key: &str,
         buf: Vec<u8>,
     ) -> Result<(), io::Error> {
-        self.write_all(vec![KvWrite {
+        self.write_all(vec![KvWrite::Put {
             primary: primary_namespace.to_owned(),
             secondary: secondary_namespace.to_owned(),
             key: key.to_owned(),
@@ -154,19 +182,11 @@ impl KVStoreSync for KvStore {
         key: &str,
         _lazy: bool,
     ) -> Result<(), io::Error> {
-        check_key(primary_namespace, secondary_namespace, key)?;
-        let (scope, primary, secondary, key) =
-            self.owned(primary_namespace, secondary_namespace, key);
-        self.store
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "DELETE FROM kv WHERE scope = ?1 AND primary_namespace = ?2
-                     AND secondary_namespace = ?3 AND key = ?4",
-                )?
-                .execute([&*scope, &primary, &secondary, &key])?;
-                Ok(())
-            })
-            .map_err(to_io)
+        self.write_all(vec![KvWrite::Remove {
+            primary: primary_namespace.to_owned(),
+            secondary: secondary_namespace.to_owned(),
+            key: key.to_owned(),
+        }])
     }
 
     fn list(
