@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
-use flotilla_core::regtest::Regtest;
 use flotilla_core::store::{ChannelStatus, Direction, PaymentStatus, Store};
-use flotilla_tests::{channel_to, free_port, req, write_seed, HostProcess, SignerProcess};
+use flotilla_tests::{
+    channel_to, free_port, fresh_chain, req, write_seed, HostProcess, SignerProcess,
+};
 use serde_json::{json, Value};
 
 const FUNDING_SAT: u64 = 3_000_000;
@@ -57,14 +58,7 @@ async fn wallet_confirmed(host: &mut HostProcess, node: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_open_pay_restart_and_close() {
-    let dir = std::env::temp_dir().join(format!("flotilla-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let chain = Regtest::spawn_owned(&dir.join("regtest"))
-        .await
-        .expect("btcd");
-    chain.mine(101).await.unwrap();
-    let chain_json = dir.join("regtest").join("regtest.json");
+    let (dir, chain, chain_json) = fresh_chain("e2e").await;
 
     let seeds: Vec<(&str, PathBuf)> = ["a0", "a1", "a2", "b0"]
         .iter()

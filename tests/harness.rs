@@ -34,6 +34,20 @@ pub struct HostProcess {
     pub ca_file: PathBuf,
 }
 
+/// A fresh test directory `<tmp>/flotilla-<name>-<pid>` with a regtest btcd in it, mined past
+/// coinbase maturity: the directory, the chain, and the chain file hosts are configured with.
+pub async fn fresh_chain(name: &str) -> (PathBuf, Regtest, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("flotilla-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let chain = Regtest::spawn_owned(&dir.join("regtest"))
+        .await
+        .expect("btcd");
+    chain.mine(101).await.unwrap();
+    let chain_json = dir.join("regtest").join("regtest.json");
+    (dir, chain, chain_json)
+}
+
 /// A free TCP port on loopback (for a hub that must keep its address across restarts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

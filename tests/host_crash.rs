@@ -18,9 +18,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flotilla_core::regtest::Regtest;
 use flotilla_core::store::{ChannelStatus, Store};
-use flotilla_tests::{channel_to, free_port, req, write_seed, HostProcess, SignerProcess};
+use flotilla_tests::{
+    channel_to, free_port, fresh_chain, req, write_seed, HostProcess, SignerProcess,
+};
 use serde_json::{json, Value};
 
 const FUNDING_SAT: u64 = 2_000_000;
@@ -408,15 +409,9 @@ async fn kill_9_mid_payment_keeps_channel() {
     let seed = env_u64("HOST_CRASH_SEED", SEED);
     let test_start = Instant::now();
 
-    let dir = std::env::temp_dir().join(format!("flotilla-host-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let chain = Regtest::spawn_owned(&dir.join("regtest"))
-        .await
-        .expect("btcd");
-    chain.mine(101).await.unwrap();
+    let (dir, chain, chain_json) = fresh_chain("host-crash").await;
     let setup = Setup {
-        chain_json: dir.join("regtest").join("regtest.json"),
+        chain_json,
         port: free_port(),
         log: dir.join("host.log"),
         seeds: vec![("x", write_seed(&dir, "x")), ("y", write_seed(&dir, "y"))],

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use bitcoin::bip32::Xpriv;
 use bitcoin::Network;
-use flotilla_core::regtest::Regtest;
 use flotilla_tests::{
-    channel_to, free_port, node_id_of, req, write_seed, HostProcess, SignerProcess,
+    channel_to, free_port, fresh_chain, node_id_of, req, write_seed, HostProcess, SignerProcess,
 };
 use lightning::sign::KeysManager;
 use serde_json::{json, Value};
@@ -157,14 +156,7 @@ fn found_in(haystack: &[u8], secrets: &[(String, Vec<u8>)]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signer_policy_memory_and_crash() {
-    let dir = std::env::temp_dir().join(format!("flotilla-remote-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let chain = Regtest::spawn_owned(&dir.join("regtest"))
-        .await
-        .expect("btcd");
-    chain.mine(101).await.unwrap();
-    let chain_json = dir.join("regtest").join("regtest.json");
+    let (dir, chain, chain_json) = fresh_chain("remote").await;
 
     let aliases = ["p0", "p1", "x"];
     let seeds: Vec<PathBuf> = aliases.iter().map(|a| write_seed(&dir, a)).collect();

@@ -16,7 +16,6 @@
 //! layout of LDK's `MonitorUpdatingPersister`, whose reader loads them ([`read_monitors`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bitcoin::BlockHash;
@@ -77,9 +76,8 @@ pub struct MonitorPersister {
     /// Whether changes wait for [`save`] (the shared driver) or are written at once, whole
     /// (LDK's own background loop, which saves only the manager).
     deferred: bool,
+    /// Changes waiting for [`save`], by channel.
     noted: Mutex<HashMap<ChannelId, Noted>>,
-    /// Something waits for [`save`].
-    dirty: AtomicBool,
     wake: Notify,
 }
 
@@ -107,7 +105,6 @@ impl MonitorPersister {
             reader,
             deferred,
             noted: Mutex::new(HashMap::new()),
-            dirty: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -121,7 +118,11 @@ impl MonitorPersister {
 
     /// Whether a monitor change waits for [`save`].
     pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
+        !self.noted().is_empty()
+    }
+
+    fn noted(&self) -> std::sync::MutexGuard<'_, HashMap<ChannelId, Noted>> {
+        self.noted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves when a monitor change waits for [`save`] (at once if one arrived since the
@@ -136,15 +137,10 @@ impl MonitorPersister {
         channel: ChannelId,
         change: impl FnOnce(&mut Noted),
     ) -> ChannelMonitorUpdateStatus {
-        {
-            let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = noted.entry(channel).or_insert_with(|| Noted {
-                key: name.to_string(),
-                ..Noted::default()
-            });
-            change(entry);
-        }
-        self.dirty.store(true, Ordering::Release);
+        change(self.noted().entry(channel).or_insert_with(|| Noted {
+            key: name.to_string(),
+            ..Noted::default()
+        }));
         self.wake.notify_one();
         ChannelMonitorUpdateStatus::InProgress
     }
@@ -264,9 +260,8 @@ pub(crate) fn save(
     chain_monitor: &ChainMonitor,
     manager: &ChannelManager,
 ) -> Result<(), lightning::io::Error> {
-    persister.dirty.store(false, Ordering::Release);
     // Taken before the manager is encoded: the manager knows every update taken here.
-    let noted = std::mem::take(&mut *persister.noted.lock().unwrap_or_else(|p| p.into_inner()));
+    let noted = std::mem::take(&mut *persister.noted());
     let mut changes = Vec::new();
     let mut completed = Vec::with_capacity(noted.len());
     for (channel, n) in noted {

@@ -278,36 +278,22 @@ impl Change {
                     .execute([node])?;
             }
         }
-        for (keys_id, state) in &self.channels {
-            match state {
-                Some(state) => conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO signer_channels (node_id, keys_id, state) \
-                         VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![node, keys_id, state])?,
-                None => conn
-                    .prepare_cached(
-                        "DELETE FROM signer_channels WHERE node_id = ?1 AND keys_id = ?2",
-                    )?
-                    .execute(params![node, keys_id])?,
-            };
-        }
-        for (hash, payment) in &self.approved {
-            match payment {
-                Some(payment) => conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO signer_approved (node_id, payment_hash, payment) \
-                         VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![node, hash, payment])?,
-                None => conn
-                    .prepare_cached(
-                        "DELETE FROM signer_approved WHERE node_id = ?1 AND payment_hash = ?2",
-                    )?
-                    .execute(params![node, hash])?,
-            };
-        }
+        write_rows(
+            conn,
+            "signer_channels",
+            "keys_id",
+            "state",
+            node,
+            &self.channels,
+        )?;
+        write_rows(
+            conn,
+            "signer_approved",
+            "payment_hash",
+            "payment",
+            node,
+            &self.approved,
+        )?;
         if !self.full {
             conn.prepare_cached("DELETE FROM signer_spent WHERE node_id = ?1 AND seq < ?2")?
                 .execute(params![node, self.spent_first])?;
@@ -365,6 +351,32 @@ fn changed<V: PartialEq + Serialize>(
         }
     }
     Ok(rows)
+}
+
+/// Writes a node's changed rows of `table`: `Some` sets the row of its key, `None` deletes it.
+fn write_rows(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    value: &str,
+    node: &str,
+    rows: &[(String, Option<String>)],
+) -> Result<(), DbError> {
+    for (k, v) in rows {
+        match v {
+            Some(v) => conn
+                .prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO {table} (node_id, {key}, {value}) VALUES (?1, ?2, ?3)"
+                ))?
+                .execute(params![node, k, v])?,
+            None => conn
+                .prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE node_id = ?1 AND {key} = ?2"
+                ))?
+                .execute(params![node, k])?,
+        };
+    }
+    Ok(())
 }
 
 fn numbered(first: i64, spent: &[Spent]) -> Result<Vec<(i64, String)>, DbError> {
