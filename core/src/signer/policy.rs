@@ -1,8 +1,8 @@
 //! What the signer refuses to sign, as pure functions over its [`SignerState`].
 //!
-//! Every check takes the state by `&mut` and records what it accepted; the signer runs them on a
-//! copy and keeps the copy only once the answer is ready and the copy saved, so a refusal or a
-//! failed signature leaves the remembered state untouched.
+//! Checks that record what they accepted take the state through a [`Txn`]; the signer keeps a
+//! transaction only once the answer is ready and its change saved, so a refusal or a failed
+//! signature leaves the remembered state untouched.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -12,7 +12,7 @@ use bitcoin::{Script, ScriptBuf};
 
 use super::config::PolicyLimits;
 use super::protocol::KeysId;
-use super::state::{ApprovedPayment, HtlcEntry, SignedCommitment, SignerState, Spent};
+use super::state::{ApprovedPayment, HtlcEntry, SignedCommitment, SignerState, Spent, Txn};
 
 /// The velocity window.
 pub const WINDOW_SECS: u64 = 3600;
@@ -100,7 +100,7 @@ impl Policy {
     /// transaction, and new outgoing HTLCs within the payment and velocity limits.
     pub fn sign_counterparty_commitment(
         &self,
-        state: &mut SignerState,
+        state: &mut Txn,
         keys_id: &KeysId,
         view: &CommitmentView,
         now: u64,
@@ -132,7 +132,7 @@ impl Policy {
                 return Ok(());
             }
         }
-        prune(state, now);
+        prune_spent(state, now);
         let previous = state.channels.get(keys_id);
         let added = new_entries(previous.map_or(&[], |c| &c.outgoing), &view.outgoing);
         // Recorded with every signed counterparty commitment: absent only before the first.
@@ -142,7 +142,7 @@ impl Policy {
         for htlc in added {
             self.count_outgoing_htlc(state, keys_id, view, &htlc, now)?;
         }
-        let channel = state.channels.entry(*keys_id).or_default();
+        let channel = state.channel_mut(keys_id);
         channel.last_counterparty = Some(SignedCommitment {
             number: view.number,
             txid: view.txid,
@@ -180,7 +180,7 @@ impl Policy {
     /// One new outgoing HTLC: a forward, part of an approved payment, or new spending.
     fn count_outgoing_htlc(
         &self,
-        state: &mut SignerState,
+        state: &mut Txn,
         keys_id: &KeysId,
         view: &CommitmentView,
         htlc: &HtlcEntry,
@@ -212,7 +212,7 @@ impl Policy {
         if incoming_total >= outgoing_total {
             return Ok(());
         }
-        let (payment_total, spending) = match state.approved.get_mut(&hash) {
+        let (payment_total, spending) = match state.approval_mut(&hash) {
             Some(approved) => {
                 let before = approved.used_msat;
                 let after = before.saturating_add(htlc.amount_msat);
@@ -226,8 +226,8 @@ impl Policy {
             return Ok(());
         }
         self.check_payment_amount(payment_total)?;
-        self.check_velocity(state, spending)?;
-        state.spent.push(Spent {
+        self.check_velocity(state, spending, now)?;
+        state.push_spent(Spent {
             at_secs: now,
             amount_msat: spending,
         });
@@ -244,13 +244,19 @@ impl Policy {
         }
     }
 
-    fn check_velocity(&self, state: &SignerState, amount_msat: u64) -> Result<(), Refusal> {
+    fn check_velocity(
+        &self,
+        state: &SignerState,
+        amount_msat: u64,
+        now: u64,
+    ) -> Result<(), Refusal> {
         let Some(max) = self.limits.max_outgoing_msat_per_hour else {
             return Ok(());
         };
         let spent = state
             .spent
             .iter()
+            .filter(|s| !spent_expired(s, now))
             .map(|s| s.amount_msat)
             .fold(0u64, u64::saturating_add);
         let total = spent.saturating_add(amount_msat);
@@ -266,15 +272,12 @@ impl Policy {
     }
 
     /// A channel's parameters are those of the first signature for it: a host that later
-    /// names other counterparty keys, funding outpoint or value for it is refused. `pin`
-    /// records them if none are yet (signing and validating commitments); other requests
-    /// only check.
-    pub fn channel_parameters(
+    /// names other counterparty keys, funding outpoint or value for it is refused.
+    pub fn check_channel_parameters(
         &self,
-        state: &mut SignerState,
+        state: &SignerState,
         keys_id: &KeysId,
         encoded: &str,
-        pin: bool,
     ) -> Result<(), Refusal> {
         let pinned = state
             .channels
@@ -288,24 +291,38 @@ impl Policy {
                     keys_id.to_lower_hex_string()
                 ),
             )),
-            Some(_) => Ok(()),
-            None if pin => {
-                state.channels.entry(*keys_id).or_default().parameters = Some(encoded.to_owned());
-                Ok(())
-            }
-            None => Ok(()),
+            _ => Ok(()),
         }
+    }
+
+    /// [`Policy::check_channel_parameters`], then records the parameters if none are yet
+    /// (signing and validating commitments pin them; other requests only check).
+    pub fn pin_channel_parameters(
+        &self,
+        state: &mut Txn,
+        keys_id: &KeysId,
+        encoded: &str,
+    ) -> Result<(), Refusal> {
+        self.check_channel_parameters(state, keys_id, encoded)?;
+        if state
+            .channels
+            .get(keys_id)
+            .is_none_or(|c| c.parameters.is_none())
+        {
+            state.channel_mut(keys_id).parameters = Some(encoded.to_owned());
+        }
+        Ok(())
     }
 
     /// The peer signed our commitment `view.number`: remember the newest, and the HTLCs
     /// offered to us in it.
     pub fn validate_holder_commitment(
         &self,
-        state: &mut SignerState,
+        state: &mut Txn,
         keys_id: &KeysId,
         view: &CommitmentView,
     ) {
-        let channel = state.channels.entry(*keys_id).or_default();
+        let channel = state.channel_mut(keys_id);
         if channel
             .last_validated_holder
             .is_none_or(|last| view.number <= last)
@@ -320,11 +337,11 @@ impl Policy {
     /// holds a commitment it can broadcast.
     pub fn release_commitment_secret(
         &self,
-        state: &mut SignerState,
+        state: &mut Txn,
         keys_id: &KeysId,
         idx: u64,
     ) -> Result<(), Refusal> {
-        let channel = state.channels.entry(*keys_id).or_default();
+        let channel = state.channel_mut(keys_id);
         match (channel.last_validated_holder, idx.checked_sub(1)) {
             (Some(validated), Some(next)) if validated <= next => {
                 channel.min_released_secret =
@@ -397,29 +414,31 @@ impl Policy {
     /// Limits of an outgoing payment about to be sent (the approval hook is asked after this).
     pub fn check_payment(
         &self,
-        state: &mut SignerState,
+        state: &SignerState,
         payment: &PaymentApproval,
         now: u64,
     ) -> Result<(), Refusal> {
-        prune(state, now);
         self.check_payment_amount(payment.amount_msat)?;
-        self.check_velocity(state, payment.amount_msat)
+        self.check_velocity(state, payment.amount_msat, now)
     }
 
-    /// Counts an approved payment once, here, so its HTLCs are not counted again.
-    pub fn record_approved(&self, state: &mut SignerState, payment: &PaymentApproval, now: u64) {
-        state.spent.push(Spent {
+    /// Counts an approved payment once, here, so its HTLCs are not counted again; forgets
+    /// approvals past their lifetime.
+    pub fn record_approved(&self, state: &mut Txn, payment: &PaymentApproval, now: u64) {
+        prune_spent(state, now);
+        state.remove_approvals(|a| a.approved_at_secs.saturating_add(APPROVAL_TTL_SECS) <= now);
+        state.push_spent(Spent {
             at_secs: now,
             amount_msat: payment.amount_msat,
         });
-        let entry = state
-            .approved
-            .entry(payment.payment_hash)
-            .or_insert(ApprovedPayment {
+        let entry = state.approval_or_insert(
+            payment.payment_hash,
+            ApprovedPayment {
                 amount_msat: 0,
                 used_msat: 0,
                 approved_at_secs: now,
-            });
+            },
+        );
         // A retry after failed HTLCs needs budget for its own HTLCs.
         entry.amount_msat = entry.amount_msat.saturating_add(payment.amount_msat);
         entry.approved_at_secs = now;
@@ -436,14 +455,13 @@ impl Policy {
     }
 }
 
-/// Forgets spending older than the window and approvals past their lifetime.
-fn prune(state: &mut SignerState, now: u64) {
-    state
-        .spent
-        .retain(|s| s.at_secs.saturating_add(WINDOW_SECS) > now);
-    state
-        .approved
-        .retain(|_, a| a.approved_at_secs.saturating_add(APPROVAL_TTL_SECS) > now);
+fn spent_expired(spent: &Spent, now: u64) -> bool {
+    spent.at_secs.saturating_add(WINDOW_SECS) <= now
+}
+
+/// Forgets spending older than the window (entries are in time order: only the front goes).
+fn prune_spent(state: &mut Txn, now: u64) {
+    state.drop_spent_while(|s| spent_expired(s, now));
 }
 
 /// Entries of `current` not in `previous`, counting duplicates (two equal HTLCs are two).
@@ -538,6 +556,7 @@ mod tests {
     fn an_htlc_is_counted_once_while_it_stays() {
         let policy = limited();
         let mut state = SignerState::default();
+        let mut state = Txn::new(&mut state);
         let id = [1; 32];
         let a = htlc(1, 8_000);
         policy
@@ -559,15 +578,21 @@ mod tests {
     fn velocity_window_rolls() {
         let policy = limited();
         let mut state = SignerState::default();
+        let mut state = Txn::new(&mut state);
         let id = [1; 32];
         policy
             .sign_counterparty_commitment(&mut state, &id, &view(100, vec![htlc(1, 9_000)]), 0)
             .expect("first");
         let next = view(99, vec![htlc(2, 9_000)]);
-        let mut early = state.clone();
+        let mut early = (*state).clone();
         assert_eq!(
             policy
-                .sign_counterparty_commitment(&mut early, &id, &next, WINDOW_SECS - 1)
+                .sign_counterparty_commitment(
+                    &mut Txn::new(&mut early),
+                    &id,
+                    &next,
+                    WINDOW_SECS - 1
+                )
                 .unwrap_err()
                 .rule,
             "velocity"
@@ -581,13 +606,14 @@ mod tests {
     fn approved_payment_is_not_counted_twice_but_its_excess_is() {
         let policy = limited();
         let mut state = SignerState::default();
+        let mut state = Txn::new(&mut state);
         let dest = PublicKey::from_slice(&[2; 33]).expect("point");
         let payment = PaymentApproval {
             payment_hash: [3; 32],
             amount_msat: 9_000,
             destination: dest,
         };
-        policy.check_payment(&mut state, &payment, 0).expect("ok");
+        policy.check_payment(&state, &payment, 0).expect("ok");
         policy.record_approved(&mut state, &payment, 0);
         let id = [1; 32];
         policy
@@ -607,9 +633,31 @@ mod tests {
     }
 
     #[test]
+    fn approvals_and_velocity_entries_expire() {
+        let policy = limited();
+        let mut state = SignerState::default();
+        let mut state = Txn::new(&mut state);
+        let payment = |hash: u8| PaymentApproval {
+            payment_hash: [hash; 32],
+            amount_msat: 1,
+            destination: PublicKey::from_slice(&[2; 33]).expect("point"),
+        };
+        policy.record_approved(&mut state, &payment(1), 0);
+        policy.record_approved(&mut state, &payment(2), APPROVAL_TTL_SECS - 1);
+        assert_eq!(state.approved.len(), 2);
+        policy.record_approved(&mut state, &payment(3), APPROVAL_TTL_SECS);
+        assert!(!state.approved.contains_key(&[1; 32]), "a day old: gone");
+        assert!(state.approved.contains_key(&[2; 32]));
+        // Velocity counts the last hour only: the first entry went with its approval.
+        let times: Vec<u64> = state.spent.iter().map(|s| s.at_secs).collect();
+        assert_eq!(times, [APPROVAL_TTL_SECS - 1, APPROVAL_TTL_SECS]);
+    }
+
+    #[test]
     fn release_needs_the_next_holder_commitment() {
         let policy = limited();
         let mut state = SignerState::default();
+        let mut state = Txn::new(&mut state);
         let id = [1; 32];
         let top = (1u64 << 48) - 1;
         assert!(policy

@@ -42,7 +42,7 @@ use super::protocol::{
     challenge_digest, ChannelKeySet, ClosingParts, Handler, Handover, KeysId, Request, Response,
     SignerError,
 };
-use super::state::{HtlcEntry, SignerState, StateError, StateStore};
+use super::state::{HtlcEntry, SignerState, StateError, StateStore, Txn};
 use super::wallet_keys::SeedWalletSigner;
 use crate::wallet::{WalletError, WalletSigner};
 
@@ -192,23 +192,25 @@ impl SeedSigner {
         self.channel_keys(keys_id).signer
     }
 
-    /// Runs `f` on a copy of the state; the copy replaces the state (saved first) only if `f`
-    /// succeeds, so refusals and failures leave no trace.
+    /// Runs `f` in a transaction on the state; its change stays (saved first) only if `f`
+    /// succeeds, so refusals and failures leave no trace. Costs what `f` touches, not the
+    /// size of the state.
     fn transact<T>(
         &self,
-        f: impl FnOnce(&mut SignerState) -> Result<T, SignerError>,
+        f: impl FnOnce(&mut Txn) -> Result<T, SignerError>,
     ) -> Result<T, SignerError> {
         let mut guard = lock(&self.kept);
-        let kept = &mut *guard;
-        let mut next = kept.state.clone();
-        let out = f(&mut next)?;
-        if next != kept.state {
-            if let Err(e) = kept.store.save_change(&kept.state, &next) {
+        let Kept { state, store } = &mut *guard;
+        let mut txn = Txn::new(state);
+        let out = f(&mut txn)?;
+        let change = txn.change();
+        if !change.is_empty() {
+            if let Err(e) = store.save_change(&txn, &change) {
                 tracing::error!(node = %self.node_id, error = %e, "signer state not saved; answer withheld");
                 return Err(SignerError::Unavailable);
             }
-            kept.state = next;
         }
+        txn.keep();
         Ok(out)
     }
 
@@ -262,7 +264,7 @@ impl SeedSigner {
         }
         let encoded = params.encode().to_lower_hex_string();
         self.policy
-            .channel_parameters(&mut lock(&self.kept).state, keys_id, &encoded, false)
+            .check_channel_parameters(&lock(&self.kept).state, keys_id, &encoded)
             .map_err(|r| self.refuse(kind, r))?;
         Ok(encoded)
     }
@@ -641,7 +643,7 @@ impl SeedSigner {
         let view = view_of(&tx, trusted.txid().to_byte_array(), false);
         self.transact(|state| {
             self.policy
-                .channel_parameters(state, &keys_id, &encoded, true)
+                .pin_channel_parameters(state, &keys_id, &encoded)
                 .map_err(|r| self.refuse(kind, r))?;
             self.policy
                 .validate_holder_commitment(state, &keys_id, &view);
@@ -710,7 +712,7 @@ impl SeedSigner {
         let now = (self.clock)();
         self.transact(|state| {
             self.policy
-                .channel_parameters(state, &keys_id, &encoded, true)
+                .pin_channel_parameters(state, &keys_id, &encoded)
                 .map_err(|r| self.refuse(kind, r))?;
             self.policy
                 .sign_counterparty_commitment(state, &keys_id, &view, now)
@@ -914,11 +916,10 @@ impl SeedSigner {
         payment: PaymentApproval,
     ) -> Result<Response, SignerError> {
         let now = (self.clock)();
-        // Limits first, on a copy, so the hook (perhaps a person) is asked without the state
-        // locked, then again under the lock in case other payments went out meanwhile.
-        let mut preview = lock(&self.kept).state.clone();
+        // Limits first, so the hook (perhaps a person) is asked without the state locked,
+        // then again under the lock in case other payments went out meanwhile.
         self.policy
-            .check_payment(&mut preview, &payment, now)
+            .check_payment(&lock(&self.kept).state, &payment, now)
             .map_err(|r| self.refuse(kind, r))?;
         if let Some(hook) = &self.approval {
             if !hook.approve(&payment) {

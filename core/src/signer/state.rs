@@ -2,11 +2,15 @@
 //!
 //! A validating signer is only as good as its state: it refuses an old commitment because it
 //! remembers the newest one it signed, so that memory must survive restarts. [`SignerState`] is a
-//! plain value the policy reads and updates; a [`StateStore`] keeps it, and the signer saves the
-//! updated value before it returns the answer that depends on it. On disk that is
+//! plain value the policy reads; the policy changes it only through a [`Txn`], which keeps what
+//! each change replaced, so a refused request is undone and a save writes only the rows the
+//! request touched (a node's state grows with its channels and its payments of the last day,
+//! a request's change does not). A [`StateStore`] keeps the state, and the signer saves the
+//! change before it returns the answer that depends on it. On disk that is
 //! [`SqliteStateStore`] (`super::state_db`): one database per state directory, group commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Deref;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -82,8 +86,8 @@ pub struct Spent {
 pub struct SignerState {
     #[serde(with = "keyed_by_hex")]
     pub channels: BTreeMap<KeysId, ChannelState>,
-    /// Outgoing value of the last hour (older entries are pruned).
-    pub spent: Vec<Spent>,
+    /// Outgoing value of the last hour, oldest first (older entries are pruned).
+    pub spent: VecDeque<Spent>,
     #[serde(with = "keyed_by_hex")]
     pub approved: BTreeMap<[u8; 32], ApprovedPayment>,
 }
@@ -111,16 +115,219 @@ pub trait StateStore: Send {
     /// Replaces the saved state; when this returns `Ok`, the state survives a crash, and a
     /// crash during the save leaves the old state or the new one, never a mix.
     fn save(&mut self, state: &SignerState) -> Result<(), StateError>;
-    /// Replaces the saved state `previous` (what the last successful `load` or save of this
-    /// store gave or took) with `next`: a store may write only what changed. Same guarantees
-    /// as [`StateStore::save`].
-    fn save_change(
-        &mut self,
-        previous: &SignerState,
-        next: &SignerState,
-    ) -> Result<(), StateError> {
-        let _ = previous;
+    /// Saves `next`, which is the state of the last successful `load` or save of this store
+    /// with `change` applied: a store may write only the change. Same guarantees as
+    /// [`StateStore::save`].
+    fn save_change(&mut self, next: &SignerState, change: &StateChange) -> Result<(), StateError> {
+        let _ = change;
         self.save(next)
+    }
+}
+
+/// What one [`Txn`] changed: the rows a store writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateChange {
+    /// Channels whose state changed, with the new state (`None`: removed).
+    pub channels: Vec<(KeysId, Option<ChannelState>)>,
+    /// Approvals that changed, with the new value (`None`: removed).
+    pub approved: Vec<([u8; 32], Option<ApprovedPayment>)>,
+    /// Velocity entries dropped from the front of [`SignerState::spent`].
+    pub spent_dropped: usize,
+    /// Velocity entries added at its back, in order.
+    pub spent_added: Vec<Spent>,
+}
+
+impl StateChange {
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+            && self.approved.is_empty()
+            && self.spent_dropped == 0
+            && self.spent_added.is_empty()
+    }
+
+    /// Applies the change to `state` (a copy kept elsewhere, as a store's).
+    pub fn apply_to(&self, state: &mut SignerState) {
+        for (id, channel) in &self.channels {
+            match channel {
+                Some(c) => state.channels.insert(*id, c.clone()),
+                None => state.channels.remove(id),
+            };
+        }
+        for (hash, approval) in &self.approved {
+            match approval {
+                Some(a) => state.approved.insert(*hash, *a),
+                None => state.approved.remove(hash),
+            };
+        }
+        let dropped = self.spent_dropped.min(state.spent.len());
+        state.spent.drain(..dropped);
+        state.spent.extend(self.spent_added.iter().copied());
+    }
+}
+
+/// One request's changes to a node's state, made in place. Reading goes through `Deref`;
+/// every change goes through a method that first keeps the value it replaces, so dropping the
+/// transaction (a refusal, an error, a panic) restores the state, and [`Txn::change`] names
+/// exactly what changed. [`Txn::keep`] makes the changes stay.
+pub struct Txn<'a> {
+    state: &'a mut SignerState,
+    /// Each touched channel's state before its first change.
+    channels: BTreeMap<KeysId, Option<ChannelState>>,
+    /// Each touched approval before its first change.
+    approved: BTreeMap<[u8; 32], Option<ApprovedPayment>>,
+    /// Velocity entries pruned from the front, oldest first.
+    spent_dropped: Vec<Spent>,
+    /// Velocity entries pushed at the back.
+    spent_pushed: usize,
+    kept: bool,
+}
+
+impl Deref for Txn<'_> {
+    type Target = SignerState;
+
+    fn deref(&self) -> &SignerState {
+        self.state
+    }
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(state: &'a mut SignerState) -> Self {
+        Txn {
+            state,
+            channels: BTreeMap::new(),
+            approved: BTreeMap::new(),
+            spent_dropped: Vec::new(),
+            spent_pushed: 0,
+            kept: false,
+        }
+    }
+
+    /// A channel's state to change, created empty if the signer knew nothing of it.
+    pub fn channel_mut(&mut self, keys_id: &KeysId) -> &mut ChannelState {
+        if !self.channels.contains_key(keys_id) {
+            let before = self.state.channels.get(keys_id).cloned();
+            self.channels.insert(*keys_id, before);
+        }
+        self.state.channels.entry(*keys_id).or_default()
+    }
+
+    /// An approval to change, if there is one.
+    pub fn approval_mut(&mut self, hash: &[u8; 32]) -> Option<&mut ApprovedPayment> {
+        let before = *self.state.approved.get(hash)?;
+        self.approved.entry(*hash).or_insert(Some(before));
+        self.state.approved.get_mut(hash)
+    }
+
+    /// An approval to change, inserted as `new` if there is none.
+    pub fn approval_or_insert(
+        &mut self,
+        hash: [u8; 32],
+        new: ApprovedPayment,
+    ) -> &mut ApprovedPayment {
+        let before = self.state.approved.get(&hash).copied();
+        self.approved.entry(hash).or_insert(before);
+        self.state.approved.entry(hash).or_insert(new)
+    }
+
+    /// Removes the approvals `expired` says are.
+    pub fn remove_approvals(&mut self, expired: impl Fn(&ApprovedPayment) -> bool) {
+        let gone: Vec<[u8; 32]> = self
+            .state
+            .approved
+            .iter()
+            .filter(|(_, a)| expired(a))
+            .map(|(hash, _)| *hash)
+            .collect();
+        for hash in gone {
+            if let Some(before) = self.state.approved.remove(&hash) {
+                self.approved.entry(hash).or_insert(Some(before));
+            }
+        }
+    }
+
+    pub fn push_spent(&mut self, spent: Spent) {
+        self.state.spent.push_back(spent);
+        self.spent_pushed += 1;
+    }
+
+    /// Drops the oldest velocity entries while `expired` says they are.
+    pub fn drop_spent_while(&mut self, expired: impl Fn(&Spent) -> bool) {
+        while let Some(first) = self.state.spent.front() {
+            if !expired(first) {
+                break;
+            }
+            let pushed_here = self.state.spent.len() == self.spent_pushed;
+            let Some(first) = self.state.spent.pop_front() else {
+                break;
+            };
+            if pushed_here {
+                // Pushed by this transaction: never saved, nothing to undo.
+                self.spent_pushed -= 1;
+            } else {
+                self.spent_dropped.push(first);
+            }
+        }
+    }
+
+    /// What the transaction changed so far (values equal to what they replaced are left out).
+    pub fn change(&self) -> StateChange {
+        StateChange {
+            channels: self
+                .channels
+                .iter()
+                .filter_map(|(id, before)| {
+                    let now = self.state.channels.get(id);
+                    (now != before.as_ref()).then(|| (*id, now.cloned()))
+                })
+                .collect(),
+            approved: self
+                .approved
+                .iter()
+                .filter_map(|(hash, before)| {
+                    let now = self.state.approved.get(hash);
+                    (now != before.as_ref()).then(|| (*hash, now.copied()))
+                })
+                .collect(),
+            spent_dropped: self.spent_dropped.len(),
+            spent_added: self
+                .state
+                .spent
+                .iter()
+                .skip(self.state.spent.len() - self.spent_pushed)
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// Keeps the changes.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Txn<'_> {
+    /// Undoes every change unless kept.
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for (id, before) in std::mem::take(&mut self.channels) {
+            match before {
+                Some(c) => self.state.channels.insert(id, c),
+                None => self.state.channels.remove(&id),
+            };
+        }
+        for (hash, before) in std::mem::take(&mut self.approved) {
+            match before {
+                Some(a) => self.state.approved.insert(hash, a),
+                None => self.state.approved.remove(&hash),
+            };
+        }
+        let kept_len = self.state.spent.len() - self.spent_pushed;
+        self.state.spent.truncate(kept_len);
+        for spent in std::mem::take(&mut self.spent_dropped).into_iter().rev() {
+            self.state.spent.push_front(spent);
+        }
     }
 }
 
@@ -143,6 +350,14 @@ impl StateStore for MemoryStateStore {
 
     fn save(&mut self, state: &SignerState) -> Result<(), StateError> {
         self.saved = Some(state.clone());
+        Ok(())
+    }
+
+    fn save_change(&mut self, next: &SignerState, change: &StateChange) -> Result<(), StateError> {
+        match &mut self.saved {
+            Some(saved) => change.apply_to(saved),
+            None => self.saved = Some(next.clone()),
+        }
         Ok(())
     }
 }
@@ -212,7 +427,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
         );
-        state.spent.push(Spent {
+        state.spent.push_back(Spent {
             at_secs: 10,
             amount_msat: 5_000,
         });
@@ -233,5 +448,63 @@ pub(crate) mod tests {
         assert_eq!(store.load().expect("empty"), SignerState::default());
         store.save(&sample()).expect("save");
         assert_eq!(store.load().expect("load"), sample());
+    }
+
+    /// Touches every kind of entry: a channel changed and one created, an approval changed,
+    /// one removed and one added, the velocity entry dropped and two added.
+    fn touch_everything(txn: &mut Txn) {
+        txn.channel_mut(&[7; 32]).last_validated_holder = Some(5);
+        txn.channel_mut(&[8; 32]).min_released_secret = Some(9);
+        txn.channel_mut(&[7; 32]).outgoing.clear();
+        txn.remove_approvals(|a| a.approved_at_secs == 3);
+        txn.approval_or_insert(
+            [4; 32],
+            ApprovedPayment {
+                amount_msat: 7,
+                used_msat: 0,
+                approved_at_secs: 20,
+            },
+        );
+        txn.drop_spent_while(|s| s.at_secs < 15);
+        // One pushed here and dropped again is no change.
+        txn.push_spent(Spent {
+            at_secs: 1,
+            amount_msat: 1,
+        });
+        txn.drop_spent_while(|s| s.at_secs < 2);
+        for at_secs in [20, 21] {
+            txn.push_spent(Spent {
+                at_secs,
+                amount_msat: 1,
+            });
+        }
+    }
+
+    #[test]
+    fn a_dropped_transaction_leaves_the_state_as_it_was() {
+        let mut state = sample();
+        touch_everything(&mut Txn::new(&mut state));
+        assert_eq!(state, sample());
+    }
+
+    #[test]
+    fn a_kept_transaction_names_exactly_what_changed() {
+        let mut state = sample();
+        let mut txn = Txn::new(&mut state);
+        touch_everything(&mut txn);
+        // Touched but equal to before: not a change.
+        let same = txn.channel_mut(&[7; 32]).last_validated_holder;
+        txn.channel_mut(&[7; 32]).last_validated_holder = same;
+        let change = txn.change();
+        txn.keep();
+        assert_eq!(change.channels.len(), 2);
+        assert_eq!(change.approved.len(), 2);
+        assert_eq!(change.spent_dropped, 1);
+        assert_eq!(change.spent_added.len(), 2);
+        assert_eq!(state.spent.len(), 2);
+        let mut copy = sample();
+        change.apply_to(&mut copy);
+        assert_eq!(copy, state);
+        assert!(Txn::new(&mut state).change().is_empty());
     }
 }

@@ -9,8 +9,8 @@
 //!
 //! Rows, not one document per node: a channel per row (`signer_channels`), an approved payment
 //! per row (`signer_approved`) and a velocity entry per row (`signer_spent`). A save writes
-//! only the rows that changed since the state the caller last saved ([`StateStore::save_change`]),
-//! so its cost does not grow with the day's approved payments. Values are JSON, keys hex, so an
+//! only the rows a transaction changed ([`StateStore::save_change`]), so its cost does not grow
+//! with the node's channels or the day's approved payments. Values are JSON, keys hex, so an
 //! operator can read them with `sqlite3`.
 //!
 //! Stores for nodes of one directory in one process share one connection and writer thread
@@ -20,7 +20,7 @@
 //! A `<node_id>.signer-state.json` left by the former file-per-node store is imported on first
 //! open and renamed to `.json.migrated`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -31,7 +31,9 @@ use bitcoin::secp256k1::PublicKey;
 use rusqlite::{params, Connection, ErrorCode};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::state::{ApprovedPayment, ChannelState, SignerState, Spent, StateError, StateStore};
+use super::state::{
+    ApprovedPayment, ChannelState, SignerState, Spent, StateChange, StateError, StateStore,
+};
 use crate::group_commit::{Failure, WriteStats, Writer};
 
 /// The database file in a state directory.
@@ -192,15 +194,11 @@ impl StateStore for SqliteStateStore {
         self.write(change)
     }
 
-    fn save_change(
-        &mut self,
-        previous: &SignerState,
-        next: &SignerState,
-    ) -> Result<(), StateError> {
+    fn save_change(&mut self, next: &SignerState, change: &StateChange) -> Result<(), StateError> {
         if self.rewrite {
             return self.save(next);
         }
-        let change = Change::between(&self.node, self.spent_first, previous, next)
+        let change = Change::rows(&self.node, self.spent_first, next, change)
             .map_err(|e| self.db.error(e))?;
         self.write(change)
     }
@@ -228,45 +226,31 @@ impl Change {
         Ok(Change {
             node: node.to_owned(),
             full: true,
-            channels: state
-                .channels
-                .iter()
-                .map(|(k, v)| Ok((k.to_lower_hex_string(), Some(json(v)?))))
-                .collect::<Result<_, DbError>>()?,
-            approved: state
-                .approved
-                .iter()
-                .map(|(k, v)| Ok((k.to_lower_hex_string(), Some(json(v)?))))
-                .collect::<Result<_, DbError>>()?,
+            channels: keyed(state.channels.iter().map(|(k, v)| (k, Some(v))))?,
+            approved: keyed(state.approved.iter().map(|(k, v)| (k, Some(v))))?,
             spent_first: 0,
             spent: numbered(0, &state.spent)?,
         })
     }
 
-    /// The rows that differ between `previous` (saved, its first velocity entry numbered
-    /// `spent_first`) and `next`.
-    fn between(
+    /// The rows of `change`, made to the saved state whose first velocity entry is numbered
+    /// `spent_first`, giving `next`.
+    fn rows(
         node: &str,
         spent_first: i64,
-        previous: &SignerState,
         next: &SignerState,
+        change: &StateChange,
     ) -> Result<Change, DbError> {
-        // Velocity entries are pruned from the front and pushed at the back: find how many
-        // of the previous ones went, so that the rest is where `next` starts. Dropping them all
-        // always fits, so this also covers any other reshuffle.
-        let old = &previous.spent;
-        let dropped = (0..=old.len())
-            .find(|&k| next.spent.starts_with(&old[k..]))
-            .unwrap_or(old.len());
-        let first = spent_first + dropped as i64;
-        let kept = old.len() - dropped;
+        let first = spent_first + change.spent_dropped as i64;
+        // The added entries are the last ones of `next`: numbered after those kept.
+        let kept = next.spent.len() - change.spent_added.len();
         Ok(Change {
             node: node.to_owned(),
             full: false,
-            channels: changed(&previous.channels, &next.channels)?,
-            approved: changed(&previous.approved, &next.approved)?,
+            channels: keyed(change.channels.iter().map(|(k, v)| (k, v.as_ref())))?,
+            approved: keyed(change.approved.iter().map(|(k, v)| (k, v.as_ref())))?,
             spent_first: first,
-            spent: numbered(first + kept as i64, &next.spent[kept..])?,
+            spent: numbered(first + kept as i64, &change.spent_added)?,
         })
     }
 
@@ -318,39 +302,14 @@ impl Change {
     }
 }
 
-/// Entries of `next` that are new or differ from `previous` (as JSON), and `None` for keys
-/// `next` no longer has. One pass over both maps in key order.
-fn changed<V: PartialEq + Serialize>(
-    previous: &BTreeMap<[u8; 32], V>,
-    next: &BTreeMap<[u8; 32], V>,
+/// Rows keyed by hex: `Some` value as JSON, `None` to delete the row.
+fn keyed<'a, V: Serialize + 'a>(
+    entries: impl IntoIterator<Item = (&'a [u8; 32], Option<&'a V>)>,
 ) -> Result<Vec<(String, Option<String>)>, DbError> {
-    let mut rows = Vec::new();
-    let (mut old, mut new) = (previous.iter().peekable(), next.iter().peekable());
-    loop {
-        match (old.peek(), new.peek()) {
-            (None, None) => break,
-            (Some((k, _)), None) => {
-                rows.push((k.to_lower_hex_string(), None));
-                old.next();
-            }
-            (Some((ko, _)), Some((kn, _))) if ko < kn => {
-                rows.push((ko.to_lower_hex_string(), None));
-                old.next();
-            }
-            (Some((ko, vo)), Some((kn, vn))) if ko == kn => {
-                if vo != vn {
-                    rows.push((kn.to_lower_hex_string(), Some(json(vn)?)));
-                }
-                old.next();
-                new.next();
-            }
-            (_, Some((kn, vn))) => {
-                rows.push((kn.to_lower_hex_string(), Some(json(vn)?)));
-                new.next();
-            }
-        }
-    }
-    Ok(rows)
+    entries
+        .into_iter()
+        .map(|(k, v)| Ok((k.to_lower_hex_string(), v.map(json).transpose()?)))
+        .collect()
 }
 
 /// Writes a node's changed rows of `table`: `Some` sets the row of its key, `None` deletes it.
@@ -379,9 +338,12 @@ fn write_rows(
     Ok(())
 }
 
-fn numbered(first: i64, spent: &[Spent]) -> Result<Vec<(i64, String)>, DbError> {
+fn numbered<'a>(
+    first: i64,
+    spent: impl IntoIterator<Item = &'a Spent>,
+) -> Result<Vec<(i64, String)>, DbError> {
     spent
-        .iter()
+        .into_iter()
         .zip(first..)
         .map(|(s, seq)| Ok((seq, json(s)?)))
         .collect()
@@ -428,9 +390,9 @@ fn read_state(conn: &Connection, node: &str) -> Result<(SignerState, i64), DbErr
     })? {
         let (seq, spent) = row?;
         first.get_or_insert(seq);
-        state.spent.push(parse(&spent, "velocity entry")?);
+        state.spent.push_back(parse(&spent, "velocity entry")?);
     }
-    // Saves number entries contiguously from the first, which `Change::between` relies on.
+    // Saves number entries contiguously from the first, which `Change::rows` relies on.
     let first = first.unwrap_or(0);
     Ok((state, first))
 }
