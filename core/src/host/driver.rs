@@ -24,6 +24,13 @@ const FRESHNESS_TICKS: u64 = 6;
 const REBROADCAST_TICKS: u64 = 3;
 /// Nodes ticked between yields, so one tick of 10,000 nodes does not hold a worker thread.
 const TICK_BATCH: usize = 64;
+/// How long a change of the channel manager alone may wait to be saved. LDK allows the saved
+/// manager to lag (it must only never lag the saved monitors, and every monitor change is
+/// saved at once, with the manager as it is then); nothing waits on such a save, so under
+/// load many of them fold into one (a signature arriving, for one, changes only the manager).
+/// Handled events are saved at once all the same, so they are not replayed after a crash any
+/// more often than before. What a crash loses LDK recovers as from any stale manager.
+const MANAGER_LINGER: Duration = Duration::from_millis(100);
 /// Pause before replaying an event whose handling failed: LDK re-arms its future at once,
 /// which would otherwise spin the task while, say, the database stays unavailable.
 const REPLAY_PAUSE: Duration = Duration::from_millis(250);
@@ -35,12 +42,14 @@ type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), ReplayEvent>> + Send
 pub(crate) async fn drive(node: Arc<Node>) {
     let mut stop = node.stopped();
     let failed = Arc::new(AtomicBool::new(false));
+    let handled = Arc::new(AtomicBool::new(false));
     let handler = {
         let node = node.clone();
-        let failed = failed.clone();
+        let (failed, handled) = (failed.clone(), handled.clone());
         move |event: Event| -> HandlerFuture {
             let node = node.clone();
             let failed = failed.clone();
+            handled.store(true, Ordering::Relaxed);
             Box::pin(async move {
                 super::events::handle(&node, event).await.map_err(|e| {
                     tracing::warn!(node = %node.alias, error = %e, "event handling failed; will replay");
@@ -59,13 +68,14 @@ pub(crate) async fn drive(node: Arc<Node>) {
     // wait for it (their expiry is hours away) rather than fail.
     let mut held = false;
     let mut attached = node.link.attached();
+    let mut manager_due: Option<Instant> = None;
     loop {
         if *stop.borrow() {
             break;
         }
         // Save before handling events too: monitor updates wait for it, and so do the
         // messages LDK sends once they completed.
-        if !persist_if_needed(&node) {
+        if !persist_if_needed(&node, &mut manager_due) {
             return;
         }
         cm.process_pending_events_async(&handler).await;
@@ -75,6 +85,10 @@ pub(crate) async fn drive(node: Arc<Node>) {
         node.onion_messenger
             .process_pending_events_async(&handler)
             .await;
+        // Handled events are saved at once, so a crash replays as few as before.
+        if handled.swap(false, Ordering::Relaxed) {
+            manager_due = Some(Instant::now());
+        }
         // Last, as in LDK's loop: it may wait on the channel manager's locks.
         node.peer_manager.process_events();
 
@@ -92,7 +106,7 @@ pub(crate) async fn drive(node: Arc<Node>) {
             held = false;
         }
 
-        if !persist_if_needed(&node) {
+        if !persist_if_needed(&node, &mut manager_due) {
             return;
         }
 
@@ -114,6 +128,12 @@ pub(crate) async fn drive(node: Arc<Node>) {
                 None => std::future::pending().await,
             }
         };
+        let manager_save = async {
+            match manager_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -122,6 +142,7 @@ pub(crate) async fn drive(node: Arc<Node>) {
             _ = node.onion_messenger.get_update_future() => {}
             _ = node.persister.changed() => {}
             _ = forwards => {}
+            _ = manager_save => {}
         }
     }
     // Like LDK's loop on exit: monitor updates may have raced the last regular save.
@@ -130,14 +151,19 @@ pub(crate) async fn drive(node: Arc<Node>) {
     }
 }
 
-/// Saves the channel manager and the monitors waiting for it if either changed; false if that
-/// failed (as LDK's loop, a node whose state cannot be saved must not go on).
-fn persist_if_needed(node: &Node) -> bool {
+/// Saves the channel manager and the monitors waiting for it: at once if a monitor changed,
+/// within [`MANAGER_LINGER`] if only the manager did (`manager_due`). False if the save failed
+/// (as LDK's loop, a node whose state cannot be saved must not go on).
+fn persist_if_needed(node: &Node, manager_due: &mut Option<Instant>) -> bool {
     // Both flags are read (and the manager's cleared) before the save encodes anything.
-    let manager = node.channel_manager.get_and_clear_needs_persistence();
-    if !manager && !node.persister.is_dirty() {
+    if node.channel_manager.get_and_clear_needs_persistence() {
+        manager_due.get_or_insert_with(|| Instant::now() + MANAGER_LINGER);
+    }
+    let manager_due_now = manager_due.is_some_and(|due| Instant::now() >= due);
+    if !node.persister.is_dirty() && !manager_due_now {
         return true;
     }
+    *manager_due = None;
     match save(node) {
         Ok(()) => true,
         Err(e) => {
