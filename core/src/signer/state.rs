@@ -148,16 +148,10 @@ impl StateChange {
     /// Applies the change to `state` (a copy kept elsewhere, as a store's).
     pub fn apply_to(&self, state: &mut SignerState) {
         for (id, channel) in &self.channels {
-            match channel {
-                Some(c) => state.channels.insert(*id, c.clone()),
-                None => state.channels.remove(id),
-            };
+            set(&mut state.channels, *id, channel.clone());
         }
         for (hash, approval) in &self.approved {
-            match approval {
-                Some(a) => state.approved.insert(*hash, *a),
-                None => state.approved.remove(hash),
-            };
+            set(&mut state.approved, *hash, *approval);
         }
         let dropped = self.spent_dropped.min(state.spent.len());
         state.spent.drain(..dropped);
@@ -171,10 +165,8 @@ impl StateChange {
 /// exactly what changed. [`Txn::keep`] makes the changes stay.
 pub struct Txn<'a> {
     state: &'a mut SignerState,
-    /// Each touched channel's state before its first change.
-    channels: BTreeMap<KeysId, Option<ChannelState>>,
-    /// Each touched approval before its first change.
-    approved: BTreeMap<[u8; 32], Option<ApprovedPayment>>,
+    channels: Before<ChannelState>,
+    approved: Before<ApprovedPayment>,
     /// Velocity entries pruned from the front, oldest first.
     spent_dropped: Vec<Spent>,
     /// Velocity entries pushed at the back.
@@ -194,8 +186,8 @@ impl<'a> Txn<'a> {
     pub fn new(state: &'a mut SignerState) -> Self {
         Txn {
             state,
-            channels: BTreeMap::new(),
-            approved: BTreeMap::new(),
+            channels: Before::default(),
+            approved: Before::default(),
             spent_dropped: Vec::new(),
             spent_pushed: 0,
             kept: false,
@@ -204,17 +196,13 @@ impl<'a> Txn<'a> {
 
     /// A channel's state to change, created empty if the signer knew nothing of it.
     pub fn channel_mut(&mut self, keys_id: &KeysId) -> &mut ChannelState {
-        if !self.channels.contains_key(keys_id) {
-            let before = self.state.channels.get(keys_id).cloned();
-            self.channels.insert(*keys_id, before);
-        }
+        self.channels.note(&self.state.channels, keys_id);
         self.state.channels.entry(*keys_id).or_default()
     }
 
     /// An approval to change, if there is one.
     pub fn approval_mut(&mut self, hash: &[u8; 32]) -> Option<&mut ApprovedPayment> {
-        let before = *self.state.approved.get(hash)?;
-        self.approved.entry(*hash).or_insert(Some(before));
+        self.approved.note(&self.state.approved, hash);
         self.state.approved.get_mut(hash)
     }
 
@@ -224,8 +212,7 @@ impl<'a> Txn<'a> {
         hash: [u8; 32],
         new: ApprovedPayment,
     ) -> &mut ApprovedPayment {
-        let before = self.state.approved.get(&hash).copied();
-        self.approved.entry(hash).or_insert(before);
+        self.approved.note(&self.state.approved, &hash);
         self.state.approved.entry(hash).or_insert(new)
     }
 
@@ -239,9 +226,8 @@ impl<'a> Txn<'a> {
             .map(|(hash, _)| *hash)
             .collect();
         for hash in gone {
-            if let Some(before) = self.state.approved.remove(&hash) {
-                self.approved.entry(hash).or_insert(Some(before));
-            }
+            self.approved.note(&self.state.approved, &hash);
+            self.state.approved.remove(&hash);
         }
     }
 
@@ -272,22 +258,8 @@ impl<'a> Txn<'a> {
     /// What the transaction changed so far (values equal to what they replaced are left out).
     pub fn change(&self) -> StateChange {
         StateChange {
-            channels: self
-                .channels
-                .iter()
-                .filter_map(|(id, before)| {
-                    let now = self.state.channels.get(id);
-                    (now != before.as_ref()).then(|| (*id, now.cloned()))
-                })
-                .collect(),
-            approved: self
-                .approved
-                .iter()
-                .filter_map(|(hash, before)| {
-                    let now = self.state.approved.get(hash);
-                    (now != before.as_ref()).then(|| (*hash, now.copied()))
-                })
-                .collect(),
+            channels: self.channels.changes(&self.state.channels),
+            approved: self.approved.changes(&self.state.approved),
             spent_dropped: self.spent_dropped.len(),
             spent_added: self
                 .state
@@ -311,18 +283,8 @@ impl Drop for Txn<'_> {
         if self.kept {
             return;
         }
-        for (id, before) in std::mem::take(&mut self.channels) {
-            match before {
-                Some(c) => self.state.channels.insert(id, c),
-                None => self.state.channels.remove(&id),
-            };
-        }
-        for (hash, before) in std::mem::take(&mut self.approved) {
-            match before {
-                Some(a) => self.state.approved.insert(hash, a),
-                None => self.state.approved.remove(&hash),
-            };
-        }
+        std::mem::take(&mut self.channels).restore(&mut self.state.channels);
+        std::mem::take(&mut self.approved).restore(&mut self.state.approved);
         let kept_len = self.state.spent.len() - self.spent_pushed;
         self.state.spent.truncate(kept_len);
         for spent in std::mem::take(&mut self.spent_dropped).into_iter().rev() {
@@ -359,6 +321,48 @@ impl StateStore for MemoryStateStore {
             None => self.saved = Some(next.clone()),
         }
         Ok(())
+    }
+}
+
+/// Sets `key` to `value`, or removes it for `None`.
+fn set<V>(map: &mut BTreeMap<[u8; 32], V>, key: [u8; 32], value: Option<V>) {
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    };
+}
+
+/// The entries of one map a [`Txn`] touched, as they were before its first change of each.
+struct Before<V>(BTreeMap<[u8; 32], Option<V>>);
+
+impl<V> Default for Before<V> {
+    fn default() -> Self {
+        Before(BTreeMap::new())
+    }
+}
+
+impl<V: Clone + PartialEq> Before<V> {
+    /// Keeps `key`'s value in `map` unless kept already: call before changing it.
+    fn note(&mut self, map: &BTreeMap<[u8; 32], V>, key: &[u8; 32]) {
+        if !self.0.contains_key(key) {
+            self.0.insert(*key, map.get(key).cloned());
+        }
+    }
+
+    /// The touched entries whose value in `map` now differs, with that value.
+    fn changes(&self, map: &BTreeMap<[u8; 32], V>) -> Vec<([u8; 32], Option<V>)> {
+        self.0
+            .iter()
+            .filter(|(key, before)| map.get(*key) != before.as_ref())
+            .map(|(key, _)| (*key, map.get(key).cloned()))
+            .collect()
+    }
+
+    /// Puts every touched entry of `map` back.
+    fn restore(self, map: &mut BTreeMap<[u8; 32], V>) {
+        for (key, before) in self.0 {
+            set(map, key, before);
+        }
     }
 }
 
