@@ -151,7 +151,10 @@ async fn hosts_open_pay_restart_and_close() {
     })
     .await;
     let i2 = invoice(&mut a, "a0", 30_000_000).await;
-    let h2 = pay(&mut a, "a1", i2).await;
+    let h2 = pay(&mut a, "a1", i2.clone()).await;
+    // Paying it again answers the first payment's outcome and pays nothing (checked by a0's
+    // balance below), as a client retrying after a timeout would.
+    assert_eq!(pay(&mut a, "a1", i2).await, h2);
     let i3 = invoice(&mut b, "b0", 50_000_000).await;
     let h3 = pay(&mut a, "a2", i3).await;
     b.wait_for("b0's balance settled", req("channels", "b0"), |v| {

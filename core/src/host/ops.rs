@@ -3,10 +3,13 @@
 use std::time::Duration;
 
 use bitcoin::hashes::Hash;
+use bitcoin::hex::FromHex;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::Address;
 use lightning::ln::channel_state::ChannelDetails;
-use lightning::ln::channelmanager::{Bolt11InvoiceParameters, PaymentId, Retry};
+use lightning::ln::channelmanager::{
+    Bolt11InvoiceParameters, PaymentId, RecentPaymentDetails, Retry,
+};
 use lightning::ln::types::ChannelId;
 use lightning::routing::router::RouteParametersConfig;
 use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
@@ -141,6 +144,9 @@ impl Node {
             .parse()
             .map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
         let hash = invoice.payment_hash().to_byte_array();
+        if let Some(earlier) = self.earlier_payment(&invoice, timeout).await? {
+            return Ok(earlier);
+        }
         // The signer's policy (limits, approval hook) decides before any HTLC exists, so a
         // refusal leaves nothing to unwind.
         self.link
@@ -150,13 +156,7 @@ impl Node {
                 destination: invoice.get_payee_pub_key(),
             })
             .await?;
-        let (tx, rx) = oneshot::channel();
-        self.payment_waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(hash)
-            .or_default()
-            .push(tx);
+        let rx = self.wait_for_payment(hash);
         let pending = PaymentRow {
             amount_msat: invoice.amount_milli_satoshis(),
             bolt11: Some(invoice.to_string()),
@@ -187,14 +187,73 @@ impl Node {
             })?;
             return Err(HostError::PaymentFailed(reason));
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(_)) => Err(HostError::PaymentFailed("node stopped".into())),
-            Err(_) => Err(HostError::Timeout(format!(
-                "payment {}",
-                invoice.payment_hash()
-            ))),
+        outcome(&invoice, timeout, rx).await
+    }
+
+    /// An invoice is paid once. Asked again, the node answers with the first payment's
+    /// outcome (a client retrying after a timeout must not pay twice: LDK refuses a repeated
+    /// payment id only for a few minutes, after which it would pay again, and the payee would
+    /// take it), or waits for it while it is in flight. `None`: never paid, or failed, so a new
+    /// attempt may go.
+    async fn earlier_payment(
+        &self,
+        invoice: &Bolt11Invoice,
+        timeout: Duration,
+    ) -> Result<Option<PaymentOutcome>, HostError> {
+        let hash = invoice.payment_hash().to_byte_array();
+        let row = |node: &Node| {
+            node.store().payment(
+                &node.id.to_string(),
+                &invoice.payment_hash().to_string(),
+                Direction::Outbound,
+            )
+        };
+        let Some(first) = row(self)? else {
+            return Ok(None);
+        };
+        if first.status == PaymentStatus::Pending {
+            // In flight if LDK knows it; a pending row LDK forgot (a crash before the first
+            // save) is no payment at all.
+            let known = self.channel_manager.list_recent_payments().iter().any(|p| {
+                matches!(p,
+                    RecentPaymentDetails::Pending { payment_id, .. }
+                    | RecentPaymentDetails::Fulfilled { payment_id, .. }
+                    if payment_id.0 == hash)
+            });
+            if !known {
+                return Ok(None);
+            }
+            let rx = self.wait_for_payment(hash);
+            // Resolved between the read and the wait: read again.
+            if row(self)?.is_some_and(|r| r.status == PaymentStatus::Pending) {
+                return outcome(invoice, timeout, rx).await.map(Some);
+            }
         }
+        match row(self)? {
+            Some(PaymentRow {
+                status: PaymentStatus::Succeeded,
+                preimage: Some(preimage),
+                fee_msat,
+                ..
+            }) => {
+                let preimage = <[u8; 32]>::from_hex(&preimage)
+                    .map_err(|e| HostError::InvalidInput(format!("stored preimage: {e}")))?;
+                Ok(Some(PaymentOutcome::Succeeded { preimage, fee_msat }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Registers for the outcome of the outbound payment of `hash`.
+    fn wait_for_payment(&self, hash: [u8; 32]) -> oneshot::Receiver<PaymentOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.payment_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash)
+            .or_default()
+            .push(tx);
+        rx
     }
 
     /// Balances LDK can claim on-chain from channels (closing or closed), in satoshis.
@@ -204,5 +263,21 @@ impl Node {
             .iter()
             .map(|b| b.claimable_amount_satoshis())
             .sum()
+    }
+}
+
+/// Waits up to `timeout` for a payment's outcome.
+async fn outcome(
+    invoice: &Bolt11Invoice,
+    timeout: Duration,
+    rx: oneshot::Receiver<PaymentOutcome>,
+) -> Result<PaymentOutcome, HostError> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(_)) => Err(HostError::PaymentFailed("node stopped".into())),
+        Err(_) => Err(HostError::Timeout(format!(
+            "payment {}",
+            invoice.payment_hash()
+        ))),
     }
 }
