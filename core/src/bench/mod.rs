@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod background;
-mod measure;
+pub(crate) mod measure;
 pub mod payments;
 
 /// Result of one bench command (the CLI's): errors are printed, never panicked.

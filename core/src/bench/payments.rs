@@ -105,6 +105,9 @@ pub struct Record {
     pub host_cpu_s: f64,
     /// CPU of the signer process (remote mode only).
     pub signer_cpu_s: Option<f64>,
+    /// The host's CPU per payment: what limits how many payments one host machine carries
+    /// (a deployed signer runs on the customer's side, not on the host's cores).
+    pub host_cpu_ms_per_payment: f64,
     /// Both processes' CPU per payment.
     pub cpu_ms_per_payment: f64,
     /// Requests the signers answered during the measurement, per payment (both ends).
@@ -122,6 +125,9 @@ pub struct Ratio {
     pub throughput_overhead: f64,
     pub p50: f64,
     pub p99: f64,
+    /// The host's own CPU per payment, remote over in-process (whose figure includes signing).
+    pub host_cpu_per_payment: f64,
+    /// Host and signer CPU together: on this bench's shared cores, what bounds the throughput.
     pub cpu_per_payment: f64,
 }
 
@@ -198,6 +204,7 @@ fn ratio(remote: &Record, base: &Record) -> Ratio {
         throughput_overhead: r(base.payments_per_s, remote.payments_per_s),
         p50: r(remote.p50_ms, base.p50_ms),
         p99: r(remote.p99_ms, base.p99_ms),
+        host_cpu_per_payment: r(remote.host_cpu_ms_per_payment, base.host_cpu_ms_per_payment),
         cpu_per_payment: r(remote.cpu_ms_per_payment, base.cpu_ms_per_payment),
     }
 }
@@ -345,6 +352,7 @@ async fn measure(
         max_ms: pct(1.0),
         host_cpu_s: round3(host_cpu),
         signer_cpu_s: signer_cpu.map(round3),
+        host_cpu_ms_per_payment: round3(per_payment(host_cpu) * 1e3),
         cpu_ms_per_payment: round3(per_payment(host_cpu + signer_cpu.unwrap_or(0.0)) * 1e3),
         signer_requests_per_payment: round3(per_payment(requests as f64)),
         db_writes_per_payment: round3(per_payment(db_writes as f64)),

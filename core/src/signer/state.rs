@@ -484,6 +484,54 @@ pub(crate) mod tests {
         }
     }
 
+    /// Does a request cost the same however much the node remembers? CPU per change of one
+    /// channel with `n` approvals and velocity entries kept: through a [`Txn`], against
+    /// copying, changing and comparing the whole state (how requests ran before). Run alone:
+    /// `cargo test --release -p flotilla-core --lib -- --ignored --exact
+    /// signer::state::tests::txn_against_whole_copy --nocapture`.
+    #[test]
+    #[ignore = "measurement, prints CPU per change"]
+    fn txn_against_whole_copy() {
+        use crate::bench::measure::cpu_time;
+        const CHANGES: u32 = 2_000;
+        for n in [10u64, 3_000, 30_000] {
+            let mut state = sample();
+            for i in 0..n {
+                let mut hash = [0xee; 32];
+                hash[..8].copy_from_slice(&i.to_be_bytes());
+                let approval = ApprovedPayment {
+                    amount_msat: i,
+                    used_msat: i,
+                    approved_at_secs: i,
+                };
+                state.approved.insert(hash, approval);
+                state.spent.push_back(Spent {
+                    at_secs: i,
+                    amount_msat: i,
+                });
+            }
+            let start = cpu_time();
+            for g in 0..CHANGES {
+                let mut txn = Txn::new(&mut state);
+                txn.channel_mut(&[7; 32]).last_validated_holder = Some(g.into());
+                assert_eq!(txn.change().channels.len(), 1);
+                txn.keep();
+            }
+            let txn = (cpu_time() - start) / CHANGES;
+            let start = cpu_time();
+            for g in CHANGES..2 * CHANGES {
+                let mut next = state.clone();
+                if let Some(c) = next.channels.get_mut(&[7; 32]) {
+                    c.last_validated_holder = Some(g.into());
+                }
+                assert!(next != state);
+                state = next;
+            }
+            let copy = (cpu_time() - start) / CHANGES;
+            println!("n={n}: txn {txn:?} per change, whole copy {copy:?} per change");
+        }
+    }
+
     #[test]
     fn a_dropped_transaction_leaves_the_state_as_it_was() {
         let mut state = sample();

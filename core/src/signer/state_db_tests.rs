@@ -9,6 +9,7 @@ use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::bench::measure::cpu_time;
 use crate::signer::state::tests::sample;
 use crate::signer::state::{HtlcEntry, SignedCommitment};
 
@@ -351,17 +352,6 @@ fn a_kill_during_saves_leaves_a_whole_saved_state() {
         assert!(g >= last_saved, "saved {last_saved}, found only {g}");
         assert_eq!(state, generation(g), "a mix of two saves");
     }
-}
-
-/// Process CPU time (user + system) so far.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes into the zeroed struct it is handed.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
-    };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Does writing only the changed rows matter? CPU per save of a commitment update (one
