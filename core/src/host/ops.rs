@@ -237,7 +237,7 @@ impl Node {
                 ..
             }) => {
                 let preimage = <[u8; 32]>::from_hex(&preimage)
-                    .map_err(|e| HostError::InvalidInput(format!("stored preimage: {e}")))?;
+                    .map_err(|e| HostError::Corrupt(format!("stored preimage: {e}")))?;
                 Ok(Some(PaymentOutcome::Succeeded { preimage, fee_msat }))
             }
             _ => Ok(None),
