@@ -22,6 +22,11 @@ use flotilla_core::store::{ChannelStatus, Store};
 use flotilla_tests::{
     channel_to, free_port, fresh_chain, req, write_seed, HostProcess, SignerProcess,
 };
+use lightning::util::persist::{
+    CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
+    CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE,
+    MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL,
+};
 use serde_json::{json, Value};
 
 const FUNDING_SAT: u64 = 2_000_000;
@@ -223,8 +228,6 @@ fn assert_nothing_closed(setup: &Setup, node_ids: &[(&str, String)], when: &str)
     }
 }
 
-/// Waits until the channel is usable on both sides again; fails at once if either side no
-/// longer lists it (LDK closed it), or after [`BACK_WITHIN`].
 /// Monitors are stored as LDK's update-writing persister stores them: whole ones marked with
 /// its sentinel (so a reader that would ignore the updates refuses them), and fewer than
 /// `FULL_EVERY` updates beside each (older ones are deleted when the whole monitor is written).
@@ -233,25 +236,30 @@ fn assert_monitor_layout(db: &Path) {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("host database");
     let mut monitors = conn
-        .prepare("SELECT scope, key, value FROM kv WHERE primary_namespace = 'monitors'")
+        .prepare("SELECT scope, key, value FROM kv WHERE primary_namespace = ?1")
         .unwrap();
     let monitors: Vec<(String, String, Vec<u8>)> = monitors
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_map([CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(monitors.len(), 2, "one monitor per side of the channel");
     for (scope, key, value) in monitors {
         assert!(
-            value
-                .starts_with(lightning::util::persist::MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL),
+            value.starts_with(MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL),
             "monitor {key} of {scope} is not marked as stored with its updates"
         );
         let updates: u64 = conn
             .query_row(
                 "SELECT count(*) FROM kv WHERE scope = ?1
-                 AND primary_namespace = 'monitor_updates' AND secondary_namespace = ?2",
-                [&scope, &key],
+                 AND primary_namespace = ?2 AND secondary_namespace = ?3",
+                [
+                    scope.as_str(),
+                    CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE,
+                    key.as_str(),
+                ],
                 |r| r.get(0),
             )
             .unwrap();
@@ -262,6 +270,8 @@ fn assert_monitor_layout(db: &Path) {
     }
 }
 
+/// Waits until the channel is usable on both sides again; fails at once if either side no
+/// longer lists it (LDK closed it), or after [`BACK_WITHIN`].
 async fn wait_channel_back(host: &mut HostProcess, setup: &Setup, channel_id: &str, after: &str) {
     let deadline = Instant::now() + BACK_WITHIN;
     loop {

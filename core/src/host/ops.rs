@@ -201,17 +201,19 @@ impl Node {
         timeout: Duration,
     ) -> Result<Option<PaymentOutcome>, HostError> {
         let hash = invoice.payment_hash().to_byte_array();
-        let row = |node: &Node| {
-            node.store().payment(
-                &node.id.to_string(),
+        let row = || {
+            self.store().payment(
+                &self.id.to_string(),
                 &invoice.payment_hash().to_string(),
                 Direction::Outbound,
             )
         };
-        let Some(first) = row(self)? else {
-            return Ok(None);
+        let pending = |r: &Option<PaymentRow>| {
+            r.as_ref()
+                .is_some_and(|r| r.status == PaymentStatus::Pending)
         };
-        if first.status == PaymentStatus::Pending {
+        let mut stored = row()?;
+        if pending(&stored) {
             // In flight if LDK knows it; a pending row LDK forgot (a crash before the first
             // save) is no payment at all.
             let known = self.channel_manager.list_recent_payments().iter().any(|p| {
@@ -224,12 +226,13 @@ impl Node {
                 return Ok(None);
             }
             let rx = self.wait_for_payment(hash);
-            // Resolved between the read and the wait: read again.
-            if row(self)?.is_some_and(|r| r.status == PaymentStatus::Pending) {
+            // Read again: it may have resolved before the wait was registered.
+            stored = row()?;
+            if pending(&stored) {
                 return outcome(invoice, timeout, rx).await.map(Some);
             }
         }
-        match row(self)? {
+        match stored {
             Some(PaymentRow {
                 status: PaymentStatus::Succeeded,
                 preimage: Some(preimage),

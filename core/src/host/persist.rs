@@ -166,16 +166,13 @@ fn whole_monitor(key: &str, monitor: &ChannelMonitor<RemoteChannelSigner>) -> Ve
     let mut value = MONITOR_UPDATING_PERSISTER_PREPEND_SENTINEL.to_vec();
     value.extend_from_slice(&monitor.encode());
     vec![
-        KvWrite::Put {
-            primary: CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-            secondary: CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
-            key: key.to_owned(),
+        KvWrite::put(
+            CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
+            CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
+            key,
             value,
-        },
-        KvWrite::Clear {
-            primary: CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-            secondary: key.to_owned(),
-        },
+        ),
+        KvWrite::clear(CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE, key),
     ]
 }
 
@@ -231,21 +228,18 @@ impl Persist<RemoteChannelSigner> for MonitorPersister {
         };
         // The archived copy replaces the live one and its updates in one transaction.
         let changes = vec![
-            KvWrite::Put {
-                primary: ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-                secondary: ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
-                key: key.clone(),
-                value: monitor.encode(),
-            },
-            KvWrite::Remove {
-                primary: CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-                secondary: CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
-                key: key.clone(),
-            },
-            KvWrite::Clear {
-                primary: CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-                secondary: key,
-            },
+            KvWrite::put(
+                ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
+                ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
+                &key,
+                monitor.encode(),
+            ),
+            KvWrite::remove(
+                CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
+                CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
+                &key,
+            ),
+            KvWrite::clear(CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE, &key),
         ];
         if let Err(e) = self.kv.write_all(changes) {
             tracing::warn!(error = %e, "archiving a channel monitor failed");
@@ -272,22 +266,22 @@ pub(crate) fn save(
             }
         } else {
             for (id, bytes) in n.updates {
-                changes.push(KvWrite::Put {
-                    primary: CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-                    secondary: n.key.clone(),
-                    key: id.to_string(),
-                    value: bytes,
-                });
+                changes.push(KvWrite::put(
+                    CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE,
+                    &n.key,
+                    &id.to_string(),
+                    bytes,
+                ));
             }
         }
         completed.push((channel, n.complete));
     }
-    changes.push(KvWrite::Put {
-        primary: CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE.to_owned(),
-        secondary: CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE.to_owned(),
-        key: CHANNEL_MANAGER_PERSISTENCE_KEY.to_owned(),
-        value: manager.encode(),
-    });
+    changes.push(KvWrite::put(
+        CHANNEL_MANAGER_PERSISTENCE_PRIMARY_NAMESPACE,
+        CHANNEL_MANAGER_PERSISTENCE_SECONDARY_NAMESPACE,
+        CHANNEL_MANAGER_PERSISTENCE_KEY,
+        manager.encode(),
+    ));
     // On failure the driver stops the node (as LDK's loop would): nothing is completed, so
     // LDK sends nothing that depends on the lost changes, and a restart replays them.
     persister.kv.write_all(changes)?;

@@ -648,7 +648,7 @@ mod tests {
         policy.record_approved(&mut state, &payment(3), APPROVAL_TTL_SECS);
         assert!(!state.approved.contains_key(&[1; 32]), "a day old: gone");
         assert!(state.approved.contains_key(&[2; 32]));
-        // Velocity counts the last hour only: the first entry went with its approval.
+        // Velocity entries are kept for the last hour only: the first one is long gone.
         let times: Vec<u64> = state.spent.iter().map(|s| s.at_secs).collect();
         assert_eq!(times, [APPROVAL_TTL_SECS - 1, APPROVAL_TTL_SECS]);
     }

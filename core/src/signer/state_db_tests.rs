@@ -4,9 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use bitcoin::secp256k1::{Secp256k1, SecretKey};
-
 use std::collections::{BTreeMap, BTreeSet};
+
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
 
 use super::*;
 use crate::bench::measure::cpu_time;
@@ -37,6 +37,18 @@ fn diff(previous: &SignerState, next: &SignerState) -> StateChange {
         spent_dropped: dropped,
         spent_added: new[old.len() - dropped..].to_vec(),
     }
+}
+
+/// Saves `next` over `previous` as a transaction's change would.
+fn save_next(store: &mut SqliteStateStore, previous: &SignerState, next: &SignerState) {
+    store
+        .save_change(next, &diff(previous, next))
+        .expect("save");
+}
+
+/// The rows that saving `next` over `previous` writes.
+fn rows(store: &SqliteStateStore, previous: &SignerState, next: &SignerState) -> Change {
+    Change::rows(&store.node, store.spent_first, next, &diff(previous, next)).unwrap()
 }
 
 fn node(i: u8) -> PublicKey {
@@ -125,13 +137,7 @@ fn saved_changes_write_only_what_changed_and_load_back_equal() {
     let mut previous = store.load().expect("load");
     for g in 1..40 {
         let next = generation(g);
-        let change = Change::rows(
-            &store.node,
-            store.spent_first,
-            &next,
-            &diff(&previous, &next),
-        )
-        .unwrap();
+        let change = rows(&store, &previous, &next);
         if g > 5 {
             // One approval in, one out; one velocity entry in, one out; every channel moved.
             assert_eq!(change.approved.len(), 2, "g={g}: {change:?}");
@@ -139,9 +145,7 @@ fn saved_changes_write_only_what_changed_and_load_back_equal() {
             assert_eq!(change.spent_first, store.spent_first + 1);
             assert_eq!(change.channels.len(), 3);
         }
-        store
-            .save_change(&next, &diff(&previous, &next))
-            .expect("save");
+        save_next(&mut store, &previous, &next);
         previous = next;
         if g % 7 == 0 {
             drop(store);
@@ -152,16 +156,10 @@ fn saved_changes_write_only_what_changed_and_load_back_equal() {
     assert_eq!(count(&store, "signer_spent"), 5);
     assert_eq!(count(&store, "signer_approved"), 4);
     // An unchanged state is no change at all.
-    let same = Change::rows(
-        &store.node,
-        store.spent_first,
-        &previous,
-        &diff(&previous, &previous),
-    )
-    .unwrap();
+    let same = rows(&store, &previous, &previous);
     assert!(same.is_empty(store.spent_first), "{same:?}");
-    // Velocity entries that are not a prefix-drop-and-append (a clock gone backwards) still
-    // come out right.
+    // The widest change there is: every velocity entry dropped and others added (here the
+    // same ones reversed, plus one), and a channel removed.
     let mut shuffled = previous.clone();
     shuffled.spent.make_contiguous().reverse();
     shuffled.spent.push_back(Spent {
@@ -169,9 +167,7 @@ fn saved_changes_write_only_what_changed_and_load_back_equal() {
         amount_msat: 7,
     });
     shuffled.channels.remove(&[1; 32]);
-    store
-        .save_change(&shuffled, &diff(&previous, &shuffled))
-        .expect("save");
+    save_next(&mut store, &previous, &shuffled);
     drop(store);
     let mut store = SqliteStateStore::in_dir(dir.path(), &node(1)).expect("reopen");
     assert_eq!(store.load().expect("load"), shuffled);
@@ -216,9 +212,7 @@ fn a_former_json_file_is_imported_once_and_renamed() {
         .join(format!("{}.signer-state.json.migrated", node(1)))
         .exists());
     assert_eq!(store.load().expect("load"), sample());
-    store
-        .save_change(&generation(2), &diff(&sample(), &generation(2)))
-        .expect("save after import");
+    save_next(&mut store, &sample(), &generation(2));
     drop(store);
     let mut store = SqliteStateStore::in_dir(dir.path(), &node(1)).expect("reopen");
     assert_eq!(store.load().expect("load"), generation(2));
@@ -262,9 +256,7 @@ fn concurrent_saves_of_many_nodes_share_commits() {
                 let mut previous = store.load().expect("load");
                 for g in 1..=50 {
                     let next = generation(g);
-                    store
-                        .save_change(&next, &diff(&previous, &next))
-                        .expect("save");
+                    save_next(&mut store, &previous, &next);
                     previous = next;
                 }
                 store
@@ -303,9 +295,7 @@ fn saving_child() {
         .map_or(0, |c| c.number);
     for g in start + 1.. {
         let next = generation(g);
-        store
-            .save_change(&next, &diff(&previous, &next))
-            .expect("child save");
+        save_next(&mut store, &previous, &next);
         previous = next;
         println!("SAVED {g}");
     }

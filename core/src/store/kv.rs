@@ -43,8 +43,8 @@ impl KvStore {
                     secondary,
                     key,
                     ..
-                } => check_key(primary, secondary, key)?,
-                KvWrite::Remove {
+                }
+                | KvWrite::Remove {
                     primary,
                     secondary,
                     key,
@@ -120,6 +120,32 @@ pub enum KvWrite {
     Clear { primary: String, secondary: String },
 }
 
+impl KvWrite {
+    pub fn put(primary: &str, secondary: &str, key: &str, value: Vec<u8>) -> Self {
+        KvWrite::Put {
+            primary: primary.to_owned(),
+            secondary: secondary.to_owned(),
+            key: key.to_owned(),
+            value,
+        }
+    }
+
+    pub fn remove(primary: &str, secondary: &str, key: &str) -> Self {
+        KvWrite::Remove {
+            primary: primary.to_owned(),
+            secondary: secondary.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    pub fn clear(primary: &str, secondary: &str) -> Self {
+        KvWrite::Clear {
+            primary: primary.to_owned(),
+            secondary: secondary.to_owned(),
+        }
+    }
+}
+
 impl fmt::Debug for KvStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KvStore")
@@ -167,12 +193,12 @@ impl KVStoreSync for KvStore {
         key: &str,
         buf: Vec<u8>,
     ) -> Result<(), io::Error> {
-        self.write_all(vec![KvWrite::Put {
-            primary: primary_namespace.to_owned(),
-            secondary: secondary_namespace.to_owned(),
-            key: key.to_owned(),
-            value: buf,
-        }])
+        self.write_all(vec![KvWrite::put(
+            primary_namespace,
+            secondary_namespace,
+            key,
+            buf,
+        )])
     }
 
     fn remove(
@@ -182,11 +208,11 @@ impl KVStoreSync for KvStore {
         key: &str,
         _lazy: bool,
     ) -> Result<(), io::Error> {
-        self.write_all(vec![KvWrite::Remove {
-            primary: primary_namespace.to_owned(),
-            secondary: secondary_namespace.to_owned(),
-            key: key.to_owned(),
-        }])
+        self.write_all(vec![KvWrite::remove(
+            primary_namespace,
+            secondary_namespace,
+            key,
+        )])
     }
 
     fn list(
