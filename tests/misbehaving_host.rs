@@ -27,7 +27,7 @@ use bitcoin::{
 use flotilla_core::signer::hub::SignerHub;
 use flotilla_core::signer::link::SignerLink;
 use flotilla_core::signer::protocol::{
-    ClosingParts, Handover, KeysId, Request, Response, SignerError,
+    ClosingParts, Handover, KeysId, Request, Response, Revocation, SignerError,
 };
 use flotilla_core::signer::tls::HubTls;
 use flotilla_tests::{flotilla_bin, write_seed};
@@ -354,6 +354,21 @@ impl Channel {
             tx: tx.clone(),
             inbound_preimages: vec![],
             outbound_preimages: vec![],
+            revocation: None,
+        }
+    }
+
+    /// The peer revokes its commitment `idx` with the secret of commitment `secret_of`.
+    fn revoke(&self, idx: u64, secret_of: u64) -> Request {
+        Request::ValidateCounterpartyRevocation {
+            keys_id: self.keys_id,
+            revocation: Revocation {
+                idx,
+                secret: self
+                    .peer
+                    .release_commitment_secret(secret_of)
+                    .expect("secret"),
+            },
         }
     }
 
@@ -673,12 +688,28 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
         );
     }
 
+    // A new commitment only once the peer revoked the one before the last: the peer never
+    // holds more than the newest two unrevoked (it could broadcast an older, richer one).
+    let third = ch.counterparty_tx(TOP - 2, TO_US_SAT, vec![]);
+    refused(
+        rig.ask(ch.sign_counterparty(&third)).await,
+        "counterparty_not_revoked",
+    );
+    // Only with commitment TOP's own secret, and not the newest one's revocation.
+    refused(rig.ask(ch.revoke(TOP, TOP - 1)).await, "invalid_revocation");
+    refused(
+        rig.ask(ch.revoke(TOP - 1, TOP - 1)).await,
+        "invalid_revocation",
+    );
+    accepted(rig.ask(ch.revoke(TOP, TOP)).await);
+
     // New outgoing HTLCs: within the per-payment limit and the hourly velocity limit.
     let too_big = ch.counterparty_tx(TOP - 2, TO_US_SAT, vec![htlc(false, 60_000_000, 1)]);
     refused(rig.ask(ch.sign_counterparty(&too_big)).await, "max_payment");
     // Commitment TOP - 2 is still free: the refusals above left no trace.
     let paying = ch.counterparty_tx(TOP - 2, TO_US_SAT, vec![htlc(false, 40_000_000, 1)]);
     ch.sign_counterparty_ok(&rig, &paying).await;
+    accepted(rig.ask(ch.revoke(TOP - 1, TOP - 1)).await);
     let beyond_hour = ch.counterparty_tx(
         TOP - 3,
         TO_US_SAT,
@@ -886,6 +917,13 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
         rig.ask(swapped.sign_counterparty(&tx)).await,
         "channel_parameters_changed",
     );
+    // Commitment TOP - 2 is still unrevoked.
+    refused(
+        rig.ask(ch.sign_counterparty(&ch.counterparty_tx(TOP - 4, TO_US_SAT, vec![])))
+            .await,
+        "counterparty_not_revoked",
+    );
+    accepted(rig.ask(ch.revoke(TOP - 2, TOP - 2)).await);
     let beyond_hour = ch.counterparty_tx(
         TOP - 4,
         TO_US_SAT,
@@ -935,6 +973,7 @@ async fn our_balance_moves_only_through_htlcs_and_fees() {
         vec![htlc(false, 40_000_000, 1)],
     );
     ch.sign_counterparty_ok(&rig, &paying).await;
+    accepted(rig.ask(ch.revoke(TOP, TOP)).await);
     let settled = ch.counterparty_tx(TOP - 2, TO_US_SAT - 40_000, vec![]);
     ch.sign_counterparty_ok(&rig, &settled).await;
 

@@ -18,7 +18,7 @@ use lightning::types::payment::PaymentPreimage;
 
 use super::link::SYNC_DEADLINE;
 use super::pending::{Key, Pending, Retry};
-use super::protocol::{ClosingParts, KeysId, Request, Response};
+use super::protocol::{ClosingParts, KeysId, Request, Response, Revocation};
 
 /// How many per-commitment points are fetched ahead of the one LDK asks for.
 const POINTS_AHEAD: u32 = 4;
@@ -58,6 +58,8 @@ pub struct RemoteChannelSigner {
     points: Arc<PointCache>,
     /// The channel parameters of the last signing request, for validations (LDK gives none).
     params: Arc<Mutex<Option<ChannelTransactionParameters>>>,
+    /// The peer's latest revocation, repeated with each counterparty commitment to sign.
+    revocation: Arc<Mutex<Option<Revocation>>>,
 }
 
 impl RemoteChannelSigner {
@@ -73,6 +75,7 @@ impl RemoteChannelSigner {
             pending,
             points,
             params: Arc::new(Mutex::new(None)),
+            revocation: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -207,10 +210,14 @@ impl ChannelSigner for RemoteChannelSigner {
     }
 
     fn validate_counterparty_revocation(&self, idx: u64, secret: &SecretKey) -> Result<(), ()> {
-        let request = Request::ValidateCounterpartyRevocation {
-            keys_id: self.keys_id,
+        let revocation = Revocation {
             idx,
             secret: secret.secret_bytes(),
+        };
+        *self.revocation.lock().unwrap_or_else(|p| p.into_inner()) = Some(revocation);
+        let request = Request::ValidateCounterpartyRevocation {
+            keys_id: self.keys_id,
+            revocation,
         };
         self.send_validation(request);
         Ok(())
@@ -266,6 +273,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             tx: commitment_tx.clone(),
             inbound_preimages: inbound_htlc_preimages,
             outbound_preimages: outbound_htlc_preimages,
+            revocation: *self.revocation.lock().unwrap_or_else(|p| p.into_inner()),
         };
         match self.pending.sign(key, Retry::Channels, request)? {
             Response::CommitmentSignatures { commitment, htlcs } => Ok((commitment, htlcs)),

@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, HashSet};
 
 use bitcoin::hex::DisplayHex;
-use bitcoin::secp256k1::PublicKey;
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey, Signing};
 use bitcoin::{Script, ScriptBuf};
 
 use super::config::PolicyLimits;
-use super::protocol::KeysId;
+use super::protocol::{KeysId, Revocation};
 use super::state::{ApprovedPayment, HtlcEntry, SignedCommitment, SignerState, Spent, Txn};
 
 /// The velocity window.
@@ -69,10 +69,12 @@ impl Refusal {
 
 /// A commitment's HTLCs from the node's side (`offered` already translated from LDK's
 /// broadcaster view): outgoing are ours, incoming are the peer's.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitmentView {
     pub number: u64,
     pub txid: [u8; 32],
+    /// The broadcaster's per-commitment point: its secret revokes this commitment.
+    pub point: PublicKey,
     pub outgoing: Vec<HtlcEntry>,
     pub incoming: Vec<HtlcEntry>,
     /// Our own balance output (zero when trimmed).
@@ -97,7 +99,9 @@ impl Policy {
     }
 
     /// Signing the peer's commitment: never an older one, the same number only for the same
-    /// transaction, and new outgoing HTLCs within the payment and velocity limits.
+    /// transaction, a new one only once the peer revoked the one before the last (so it never
+    /// holds two it could broadcast besides the new one), and new outgoing HTLCs within the
+    /// payment and velocity limits.
     pub fn sign_counterparty_commitment(
         &self,
         state: &mut Txn,
@@ -105,11 +109,8 @@ impl Policy {
         view: &CommitmentView,
         now: u64,
     ) -> Result<(), Refusal> {
-        if let Some(last) = state
-            .channels
-            .get(keys_id)
-            .and_then(|c| c.last_counterparty)
-        {
+        let channel = state.channels.get(keys_id);
+        if let Some(last) = channel.and_then(|c| c.last_counterparty) {
             if view.number > last.number {
                 return Err(Refusal::new(
                     "stale_counterparty_commitment",
@@ -131,6 +132,15 @@ impl Policy {
                 }
                 return Ok(());
             }
+            if let Some(unrevoked) = channel.and_then(|c| c.unrevoked_counterparty) {
+                return Err(Refusal::new(
+                    "counterparty_not_revoked",
+                    format!(
+                        "commitment {} asked for while the peer has not revoked {}",
+                        view.number, unrevoked.number
+                    ),
+                ));
+            }
         }
         prune_spent(state, now);
         let previous = state.channels.get(keys_id);
@@ -143,14 +153,57 @@ impl Policy {
             self.count_outgoing_htlc(state, keys_id, view, &htlc, now)?;
         }
         let channel = state.channel_mut(keys_id);
+        channel.unrevoked_counterparty = channel.last_counterparty;
         channel.last_counterparty = Some(SignedCommitment {
             number: view.number,
             txid: view.txid,
+            point: Some(view.point),
         });
         channel.outgoing = view.outgoing.clone();
         channel.to_us_sat = Some(view.to_us_sat);
         channel.fee_sat = Some(view.fee_sat);
         Ok(())
+    }
+
+    /// The peer revealed the secret of its commitment `revocation.idx`. Only the secret of the
+    /// commitment it still holds unrevoked moves anything, and only if it matches that
+    /// commitment's point; a commitment already revoked may be revoked again (the host repeats
+    /// its latest revocation with each commitment it asks for).
+    pub fn record_counterparty_revocation<C: Signing>(
+        &self,
+        state: &mut Txn,
+        keys_id: &KeysId,
+        revocation: &Revocation,
+        secp: &Secp256k1<C>,
+    ) -> Result<(), Refusal> {
+        let invalid = |reason: String| Err(Refusal::new("invalid_revocation", reason));
+        let Some(channel) = state.channels.get(keys_id) else {
+            return invalid(format!("no commitment signed to revoke {}", revocation.idx));
+        };
+        let Some(last) = channel.last_counterparty else {
+            return invalid(format!("no commitment signed to revoke {}", revocation.idx));
+        };
+        match channel.unrevoked_counterparty {
+            Some(unrevoked) if unrevoked.number == revocation.idx => {
+                let point = SecretKey::from_slice(&revocation.secret)
+                    .map(|secret| PublicKey::from_secret_key(secp, &secret));
+                // No point recorded: a commitment signed before points were kept.
+                if unrevoked.point.is_some_and(|p| point != Ok(p)) {
+                    return invalid(format!(
+                        "the secret does not match commitment {}",
+                        revocation.idx
+                    ));
+                }
+                state.channel_mut(keys_id).unrevoked_counterparty = None;
+                Ok(())
+            }
+            Some(unrevoked) if revocation.idx > unrevoked.number => Ok(()),
+            None if revocation.idx > last.number => Ok(()),
+            _ => invalid(format!(
+                "commitment {} is the peer's newest or was never signed",
+                revocation.idx
+            )),
+        }
     }
 
     /// A mutual close pays us at least our balance in the last commitment we signed for the
@@ -525,15 +578,32 @@ mod tests {
         }
     }
 
+    /// The peer's per-commitment secret of commitment `number` (any key will do here).
+    fn secret(number: u64) -> [u8; 32] {
+        let mut secret = [1; 32];
+        secret[..8].copy_from_slice(&number.to_be_bytes());
+        secret
+    }
+
     fn view(number: u64, outgoing: Vec<HtlcEntry>) -> CommitmentView {
+        let secret = SecretKey::from_slice(&secret(number)).expect("a key");
         CommitmentView {
             to_us_sat: 0,
             fee_sat: 0,
             number,
             txid: [number as u8; 32],
+            point: PublicKey::from_secret_key(&Secp256k1::signing_only(), &secret),
             outgoing,
             incoming: vec![],
         }
+    }
+
+    fn revoke(policy: &Policy, state: &mut Txn, id: &KeysId, idx: u64) -> Result<(), Refusal> {
+        let revocation = Revocation {
+            idx,
+            secret: secret(idx),
+        };
+        policy.record_counterparty_revocation(state, id, &revocation, &Secp256k1::signing_only())
     }
 
     fn limited() -> Policy {
@@ -567,6 +637,7 @@ mod tests {
             .sign_counterparty_commitment(&mut state, &id, &view(99, vec![a]), 1)
             .expect("same htlc");
         assert_eq!(state.spent.len(), 1);
+        revoke(&policy, &mut state, &id, 100).expect("revoked");
         // A second one would make 16_000 in the hour.
         let err = policy
             .sign_counterparty_commitment(&mut state, &id, &view(98, vec![a, htlc(2, 8_000)]), 2)
@@ -683,6 +754,56 @@ mod tests {
         policy
             .sign_holder_commitment(&state, &id, top - 1)
             .expect("current one");
+    }
+
+    #[test]
+    fn a_new_counterparty_commitment_waits_for_the_revocation_of_the_one_before_the_last() {
+        let policy = Policy::default();
+        let mut state = SignerState::default();
+        let mut state = Txn::new(&mut state);
+        let id = [1; 32];
+        let sign = |state: &mut Txn, number| {
+            policy.sign_counterparty_commitment(state, &id, &view(number, vec![]), 0)
+        };
+        assert_eq!(
+            revoke(&policy, &mut state, &id, 100).unwrap_err().rule,
+            "invalid_revocation"
+        );
+        sign(&mut state, 100).expect("first");
+        sign(&mut state, 99).expect("the peer may hold two");
+        assert_eq!(
+            sign(&mut state, 98).unwrap_err().rule,
+            "counterparty_not_revoked"
+        );
+        // Signing the same one again is still fine.
+        sign(&mut state, 99).expect("same again");
+        // Only the secret of commitment 100 revokes it; not the newest one's, nor a stranger's.
+        let wrong = Revocation {
+            idx: 100,
+            secret: secret(7),
+        };
+        let secp = Secp256k1::signing_only();
+        let refused = policy.record_counterparty_revocation(&mut state, &id, &wrong, &secp);
+        assert_eq!(refused.unwrap_err().rule, "invalid_revocation");
+        assert_eq!(
+            revoke(&policy, &mut state, &id, 99).unwrap_err().rule,
+            "invalid_revocation"
+        );
+        assert_eq!(
+            revoke(&policy, &mut state, &id, 98).unwrap_err().rule,
+            "invalid_revocation"
+        );
+        revoke(&policy, &mut state, &id, 100).expect("revoked");
+        revoke(&policy, &mut state, &id, 100).expect("repeated");
+        sign(&mut state, 98).expect("after the revocation");
+        assert_eq!(
+            sign(&mut state, 97).unwrap_err().rule,
+            "counterparty_not_revoked"
+        );
+        assert_eq!(
+            state.channels[&id].unrevoked_counterparty.map(|c| c.number),
+            Some(99)
+        );
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub struct ClosingParts {
     pub to_counterparty_script: ScriptBuf,
 }
 
+/// The peer's secret for its commitment `idx`: it revokes that commitment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub idx: u64,
+    pub secret: [u8; 32],
+}
+
 /// One request from the host to a node's signer.
 #[derive(Clone, Debug)]
 pub enum Request {
@@ -86,17 +93,21 @@ pub enum Request {
         tx: HolderCommitmentTransaction,
         outbound_preimages: Vec<PaymentPreimage>,
     },
+    /// Sent as LDK takes the peer's revocation (LDK does not wait for the answer).
     ValidateCounterpartyRevocation {
         keys_id: KeysId,
-        idx: u64,
-        secret: [u8; 32],
+        revocation: Revocation,
     },
+    /// `revocation` repeats the latest one the host took for this channel, so a revocation
+    /// lost on the way (signer away or restarted) still reaches the signer before the next
+    /// commitment, which it refuses while the peer holds an older one unrevoked.
     SignCounterpartyCommitment {
         keys_id: KeysId,
         params: ChannelTransactionParameters,
         tx: CommitmentTransaction,
         inbound_preimages: Vec<PaymentPreimage>,
         outbound_preimages: Vec<PaymentPreimage>,
+        revocation: Option<Revocation>,
     },
     SignHolderCommitment {
         keys_id: KeysId,

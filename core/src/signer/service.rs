@@ -34,13 +34,14 @@ use lightning::sign::{
     ChannelSigner, EntropySource, InMemorySigner, KeysManager, NodeSigner, OutputSpender,
     Recipient, SignerProvider, SpendableOutputDescriptor,
 };
+use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::{LengthReadable, ReadableArgs, Writeable};
 use lightning_invoice::RawBolt11Invoice;
 
 use super::policy::{ApprovalHook, CommitmentView, PaymentApproval, Policy, Refusal};
 use super::protocol::{
     challenge_digest, ChannelKeySet, ClosingParts, Handler, Handover, KeysId, Request, Response,
-    SignerError,
+    Revocation, SignerError,
 };
 use super::state::{HtlcEntry, SignerState, StateError, StateStore, Txn};
 use super::wallet_keys::SeedWalletSigner;
@@ -362,29 +363,25 @@ impl SeedSigner {
             } => self.validate_holder(kind, keys_id, params, tx, outbound_preimages),
             Request::ValidateCounterpartyRevocation {
                 keys_id,
-                idx,
-                secret,
-            } => {
-                let secret = SecretKey::from_slice(&secret)
-                    .map_err(|_| self.malformed(kind, "revocation secret is not a key"))?;
-                self.channel(&keys_id)
-                    .validate_counterparty_revocation(idx, &secret)
+                revocation,
+            } => self.transact(|state| {
+                self.revoke(kind, state, &keys_id, &revocation)
                     .map(|()| Response::Accepted)
-                    .map_err(|()| ldk("validate the revocation"))
-            }
+            }),
             Request::SignCounterpartyCommitment {
                 keys_id,
                 params,
                 tx,
                 inbound_preimages,
                 outbound_preimages,
+                revocation,
             } => self.sign_counterparty(
                 kind,
                 keys_id,
                 params,
                 tx,
-                inbound_preimages,
-                outbound_preimages,
+                (inbound_preimages, outbound_preimages),
+                revocation,
             ),
             Request::SignHolderCommitment {
                 keys_id,
@@ -592,7 +589,7 @@ impl SeedSigner {
         keys_id: KeysId,
         params: Option<ChannelTransactionParameters>,
         tx: HolderCommitmentTransaction,
-        outbound_preimages: Vec<lightning::types::payment::PaymentPreimage>,
+        outbound_preimages: Vec<PaymentPreimage>,
     ) -> Result<Response, SignerError> {
         let params = match params {
             Some(params) => params,
@@ -691,8 +688,8 @@ impl SeedSigner {
         keys_id: KeysId,
         params: ChannelTransactionParameters,
         tx: CommitmentTransaction,
-        inbound_preimages: Vec<lightning::types::payment::PaymentPreimage>,
-        outbound_preimages: Vec<lightning::types::payment::PaymentPreimage>,
+        (inbound_preimages, outbound_preimages): (Vec<PaymentPreimage>, Vec<PaymentPreimage>),
+        revocation: Option<Revocation>,
     ) -> Result<Response, SignerError> {
         let signer = self.channel(&keys_id);
         let encoded = self.check_params(kind, &keys_id, &params)?;
@@ -714,6 +711,9 @@ impl SeedSigner {
             self.policy
                 .pin_channel_parameters(state, &keys_id, &encoded)
                 .map_err(|r| self.refuse(kind, r))?;
+            if let Some(revocation) = &revocation {
+                self.revoke(kind, state, &keys_id, revocation)?;
+            }
             self.policy
                 .sign_counterparty_commitment(state, &keys_id, &view, now)
                 .map_err(|r| self.refuse(kind, r))?;
@@ -728,6 +728,24 @@ impl SeedSigner {
                 .map(|(commitment, htlcs)| Response::CommitmentSignatures { commitment, htlcs })
                 .map_err(|()| self.malformed(kind, "LDK could not sign the commitment"))
         })
+    }
+
+    /// Records the peer's revocation and lets LDK's own signer check it too.
+    fn revoke(
+        &self,
+        kind: &str,
+        state: &mut Txn,
+        keys_id: &KeysId,
+        revocation: &Revocation,
+    ) -> Result<(), SignerError> {
+        self.policy
+            .record_counterparty_revocation(state, keys_id, revocation, &self.secp)
+            .map_err(|r| self.refuse(kind, r))?;
+        let secret = SecretKey::from_slice(&revocation.secret)
+            .map_err(|_| self.malformed(kind, "revocation secret is not a key"))?;
+        self.channel(keys_id)
+            .validate_counterparty_revocation(revocation.idx, &secret)
+            .map_err(|()| self.malformed(kind, "LDK could not validate the revocation"))
     }
 
     fn justice_checks(
@@ -996,6 +1014,7 @@ fn view_of(tx: &CommitmentTransaction, txid: [u8; 32], counterparty: bool) -> Co
     CommitmentView {
         number: tx.commitment_number(),
         txid,
+        point: tx.per_commitment_point(),
         outgoing: tx.nondust_htlcs().iter().filter(ours).map(entry).collect(),
         incoming: tx
             .nondust_htlcs()
@@ -1175,12 +1194,37 @@ mod tests {
             signer: &SeedSigner,
             tx: CommitmentTransaction,
         ) -> Result<Response, SignerError> {
+            self.sign_counterparty_revoking(signer, tx, None)
+        }
+
+        fn sign_counterparty_revoking(
+            &self,
+            signer: &SeedSigner,
+            tx: CommitmentTransaction,
+            revocation: Option<Revocation>,
+        ) -> Result<Response, SignerError> {
             signer.handle(Request::SignCounterpartyCommitment {
                 keys_id: self.keys_id,
                 params: self.params.clone(),
                 tx,
                 inbound_preimages: vec![],
                 outbound_preimages: vec![],
+                revocation,
+            })
+        }
+
+        /// The peer's revocation of its commitment `idx`.
+        fn revocation(&self, idx: u64) -> Revocation {
+            Revocation {
+                idx,
+                secret: self.peer.release_commitment_secret(idx).expect("secret"),
+            }
+        }
+
+        fn revoke(&self, signer: &SeedSigner, idx: u64) -> Result<Response, SignerError> {
+            signer.handle(Request::ValidateCounterpartyRevocation {
+                keys_id: self.keys_id,
+                revocation: self.revocation(idx),
             })
         }
 
@@ -1587,6 +1631,7 @@ mod tests {
             ch.counterparty_tx(TOP - 2, 100_000, vec![htlc(false, 45_000_000, 2)]),
         )
         .expect("within limits");
+        ch.revoke(&signer, TOP - 1).expect("revoked");
         refused(
             ch.sign_counterparty(
                 &signer,
@@ -1608,6 +1653,40 @@ mod tests {
             ),
         )
         .expect("within velocity");
+    }
+
+    #[test]
+    fn a_revocation_lost_on_the_way_comes_with_the_next_commitment() {
+        let signer = signer();
+        let ch = Channel::open(&signer, 4);
+        let tx = |number| ch.counterparty_tx(number, 100_000, vec![]);
+        ch.sign_counterparty(&signer, tx(TOP)).expect("first");
+        ch.sign_counterparty(&signer, tx(TOP - 1)).expect("second");
+        refused(
+            ch.sign_counterparty(&signer, tx(TOP - 2)),
+            "counterparty_not_revoked",
+        );
+        // Another commitment's secret does not revoke TOP, and refuses the whole request.
+        let wrong = Revocation {
+            idx: TOP,
+            ..ch.revocation(TOP - 1)
+        };
+        refused(
+            ch.sign_counterparty_revoking(&signer, tx(TOP - 2), Some(wrong)),
+            "invalid_revocation",
+        );
+        ch.sign_counterparty_revoking(&signer, tx(TOP - 2), Some(ch.revocation(TOP)))
+            .expect("revoked on the way");
+        // The standalone validation arriving late, and the same revocation repeated, are fine.
+        ch.revoke(&signer, TOP).expect("late");
+        ch.revoke(&signer, TOP - 1).expect("TOP - 1 revoked");
+        ch.sign_counterparty_revoking(&signer, tx(TOP - 3), Some(ch.revocation(TOP - 1)))
+            .expect("third");
+        let channel = &signer.state().channels[&ch.keys_id];
+        assert_eq!(
+            channel.unrevoked_counterparty.map(|c| c.number),
+            Some(TOP - 2)
+        );
     }
 
     #[test]
@@ -1906,6 +1985,7 @@ mod tests {
                 tx: tx.clone(),
                 inbound_preimages: vec![],
                 outbound_preimages: vec![],
+                revocation: None,
             },
             Request::SignClosingTransaction {
                 keys_id: ch.keys_id,
@@ -1935,6 +2015,7 @@ mod tests {
                 tx: tx.clone(),
                 inbound_preimages: vec![],
                 outbound_preimages: vec![],
+                revocation: None,
             },
             // A commitment built for other parameters.
             Request::SignCounterpartyCommitment {
@@ -1946,6 +2027,7 @@ mod tests {
                 tx,
                 inbound_preimages: vec![],
                 outbound_preimages: vec![],
+                revocation: None,
             },
             Request::PerCommitmentPoints {
                 keys_id: ch.keys_id,

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Deref;
 use std::path::PathBuf;
 
+use bitcoin::secp256k1::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::KeysId;
@@ -27,13 +28,16 @@ pub struct HtlcEntry {
     pub cltv_expiry: u32,
 }
 
-/// The newest counterparty commitment signed for a channel.
+/// A counterparty commitment the signer signed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCommitment {
     /// LDK's commitment number: counts down from 2^48 - 1, so newer is smaller.
     pub number: u64,
     #[serde(with = "hex32")]
     pub txid: [u8; 32],
+    /// The peer's per-commitment point in it (none in state saved before points were kept).
+    #[serde(default)]
+    pub point: Option<PublicKey>,
 }
 
 /// What the signer remembers about one channel (by its keys id).
@@ -44,7 +48,12 @@ pub struct ChannelState {
     /// holder commitments sent without parameters are checked against these.
     #[serde(default)]
     pub parameters: Option<String>,
+    /// The newest counterparty commitment signed.
     pub last_counterparty: Option<SignedCommitment>,
+    /// The one signed before it, while the peer has not revoked it: no newer one is signed
+    /// until it is.
+    #[serde(default)]
+    pub unrevoked_counterparty: Option<SignedCommitment>,
     /// HTLCs we offered, as they stand in the last signed counterparty commitment: an
     /// outgoing HTLC not in here is new spending.
     pub outgoing: Vec<HtlcEntry>,
@@ -421,6 +430,7 @@ pub(crate) mod tests {
                 last_counterparty: Some(SignedCommitment {
                     number: (1 << 48) - 3,
                     txid: [9; 32],
+                    point: None,
                 }),
                 outgoing: vec![HtlcEntry {
                     payment_hash: [1; 32],

@@ -68,6 +68,7 @@ fn generation(g: u64) -> SignerState {
                 last_counterparty: Some(SignedCommitment {
                     number: g,
                     txid: [c; 32],
+                    point: Some(node(c)),
                 }),
                 outgoing: (0..g % 4)
                     .map(|h| HtlcEntry {
@@ -377,6 +378,7 @@ fn rows_against_one_document() {
             next.channels.get_mut(&[0; 32]).unwrap().last_counterparty = Some(SignedCommitment {
                 number: g,
                 txid: [0; 32],
+                point: None,
             });
             next
         };

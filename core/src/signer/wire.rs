@@ -18,7 +18,9 @@ use lightning::sign::{HTLCDescriptor, SpendableOutputDescriptor};
 use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::{Readable, ReadableArgs, Writeable};
 
-use super::protocol::{ChannelKeySet, ClosingParts, Handover, Request, Response, SignerError};
+use super::protocol::{
+    ChannelKeySet, ClosingParts, Handover, Request, Response, Revocation, SignerError,
+};
 
 /// The generated protobuf messages and the gRPC service.
 #[allow(clippy::all, clippy::pedantic)]
@@ -98,12 +100,11 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
         }),
         Request::ValidateCounterpartyRevocation {
             keys_id,
-            idx,
-            secret,
+            revocation,
         } => Body::ValidateCounterpartyRevocation(proto::ValidateCounterpartyRevocation {
             keys_id: keys_id.to_vec(),
-            idx: *idx,
-            secret: secret.to_vec(),
+            idx: revocation.idx,
+            secret: revocation.secret.to_vec(),
         }),
         Request::SignCounterpartyCommitment {
             keys_id,
@@ -111,12 +112,17 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
             tx,
             inbound_preimages,
             outbound_preimages,
+            revocation,
         } => Body::SignCounterpartyCommitment(proto::SignCounterpartyCommitment {
             keys_id: keys_id.to_vec(),
             params: params.encode(),
             tx: tx.encode(),
             inbound_preimages: preimages(inbound_preimages),
             outbound_preimages: preimages(outbound_preimages),
+            revocation: revocation.map(|r| proto::Revocation {
+                idx: r.idx,
+                secret: r.secret.to_vec(),
+            }),
         }),
         Request::SignHolderCommitment {
             keys_id,
@@ -293,8 +299,10 @@ fn decode_body(body: Body) -> Result<Request, SignerError> {
         },
         Body::ValidateCounterpartyRevocation(m) => Request::ValidateCounterpartyRevocation {
             keys_id: bytes32(&m.keys_id, "keys_id")?,
-            idx: m.idx,
-            secret: bytes32(&m.secret, "secret")?,
+            revocation: Revocation {
+                idx: m.idx,
+                secret: bytes32(&m.secret, "secret")?,
+            },
         },
         Body::SignCounterpartyCommitment(m) => Request::SignCounterpartyCommitment {
             keys_id: bytes32(&m.keys_id, "keys_id")?,
@@ -302,6 +310,13 @@ fn decode_body(body: Body) -> Result<Request, SignerError> {
             tx: ldk::<CommitmentTransaction>(&m.tx, "commitment")?,
             inbound_preimages: decode_preimages(&m.inbound_preimages)?,
             outbound_preimages: decode_preimages(&m.outbound_preimages)?,
+            revocation: match &m.revocation {
+                Some(r) => Some(Revocation {
+                    idx: r.idx,
+                    secret: bytes32(&r.secret, "revocation secret")?,
+                }),
+                None => None,
+            },
         },
         Body::SignHolderCommitment(m) => Request::SignHolderCommitment {
             keys_id: bytes32(&m.keys_id, "keys_id")?,
@@ -748,8 +763,10 @@ mod tests {
             },
             Request::ValidateCounterpartyRevocation {
                 keys_id,
-                idx: 12,
-                secret: [8; 32],
+                revocation: Revocation {
+                    idx: 12,
+                    secret: [8; 32],
+                },
             },
             Request::SignCounterpartyCommitment {
                 keys_id,
@@ -757,6 +774,10 @@ mod tests {
                 tx: commitment(),
                 inbound_preimages: vec![PaymentPreimage([3; 32])],
                 outbound_preimages: vec![],
+                revocation: Some(Revocation {
+                    idx: 13,
+                    secret: [9; 32],
+                }),
             },
             Request::SignHolderCommitment {
                 keys_id,
@@ -936,6 +957,7 @@ mod tests {
             tx: commitment(),
             inbound_preimages: vec![],
             outbound_preimages: vec![],
+            revocation: None,
         };
         let (_, back) = decode_request(encode_request(1, &request));
         match back.unwrap() {
