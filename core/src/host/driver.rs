@@ -174,7 +174,12 @@ fn persist_if_needed(node: &Node, manager_due: &mut Option<Instant>) -> bool {
 }
 
 fn save(node: &Node) -> Result<(), lightning::io::Error> {
-    super::persist::save(&node.persister, &node.chain_monitor, &node.channel_manager)
+    super::persist::save(
+        &node.persister,
+        &node.chain_monitor,
+        &node.channel_manager,
+        node.keys.revocations(),
+    )
 }
 
 /// Shortest and longest wait before HTLCs are forwarded (and received: LDK processes both

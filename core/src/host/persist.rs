@@ -37,6 +37,7 @@ use tokio::sync::Notify;
 use super::types::{ChainMonitor, ChannelManager, Keys, Logger};
 use crate::chain::{Broadcaster, FeeCache};
 use crate::signer::channel_proxy::RemoteChannelSigner;
+use crate::signer::revocations::Revocations;
 use crate::store::{KvStore, KvWrite};
 
 /// A monitor is written whole when an update id is a multiple of this (as LDK's own
@@ -253,10 +254,13 @@ pub(crate) fn save(
     persister: &MonitorPersister,
     chain_monitor: &ChainMonitor,
     manager: &ChannelManager,
+    revocations: &Revocations,
 ) -> Result<(), lightning::io::Error> {
     // Taken before the manager is encoded: the manager knows every update taken here.
     let noted = std::mem::take(&mut *persister.noted());
-    let mut changes = Vec::new();
+    // Taken after the updates: LDK hands a revocation to the signer proxy before it makes the
+    // update that records it, so each update saved here has its revocation saved with it.
+    let mut changes = revocations.unsaved();
     let mut completed = Vec::with_capacity(noted.len());
     for (channel, n) in noted {
         if n.whole {

@@ -19,6 +19,7 @@ use lightning::types::payment::PaymentPreimage;
 use super::link::SYNC_DEADLINE;
 use super::pending::{Key, Pending, Retry};
 use super::protocol::{ClosingParts, KeysId, Request, Response, Revocation};
+use super::revocations::Revocations;
 
 /// How many per-commitment points are fetched ahead of the one LDK asks for.
 const POINTS_AHEAD: u32 = 4;
@@ -58,8 +59,8 @@ pub struct RemoteChannelSigner {
     points: Arc<PointCache>,
     /// The channel parameters of the last signing request, for validations (LDK gives none).
     params: Arc<Mutex<Option<ChannelTransactionParameters>>>,
-    /// The peer's latest revocation, repeated with each counterparty commitment to sign.
-    revocation: Arc<Mutex<Option<Revocation>>>,
+    /// The peers' latest revocations, repeated with each counterparty commitment to sign.
+    revocations: Arc<Revocations>,
 }
 
 impl RemoteChannelSigner {
@@ -68,6 +69,7 @@ impl RemoteChannelSigner {
         pubkeys: ChannelPublicKeys,
         pending: Arc<Pending>,
         points: Arc<PointCache>,
+        revocations: Arc<Revocations>,
     ) -> Self {
         RemoteChannelSigner {
             keys_id,
@@ -75,7 +77,7 @@ impl RemoteChannelSigner {
             pending,
             points,
             params: Arc::new(Mutex::new(None)),
-            revocation: Arc::new(Mutex::new(None)),
+            revocations,
         }
     }
 
@@ -214,7 +216,7 @@ impl ChannelSigner for RemoteChannelSigner {
             idx,
             secret: secret.secret_bytes(),
         };
-        *self.revocation.lock().unwrap_or_else(|p| p.into_inner()) = Some(revocation);
+        self.revocations.record(self.keys_id, revocation);
         let request = Request::ValidateCounterpartyRevocation {
             keys_id: self.keys_id,
             revocation,
@@ -273,7 +275,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             tx: commitment_tx.clone(),
             inbound_preimages: inbound_htlc_preimages,
             outbound_preimages: outbound_htlc_preimages,
-            revocation: *self.revocation.lock().unwrap_or_else(|p| p.into_inner()),
+            revocation: self.revocations.latest(&self.keys_id),
         };
         match self.pending.sign(key, Retry::Channels, request)? {
             Response::CommitmentSignatures { commitment, htlcs } => Ok((commitment, htlcs)),

@@ -11,6 +11,7 @@ pub mod node_proxy;
 pub mod pending;
 pub mod policy;
 pub mod protocol;
+pub mod revocations;
 pub mod seed;
 pub mod service;
 pub mod state;

@@ -28,6 +28,7 @@ use super::channel_proxy::{PointCache, RemoteChannelSigner};
 use super::link::{SignerLink, SYNC_DEADLINE};
 use super::pending::Pending;
 use super::protocol::{ChannelKeySet, Handover, KeysId, Request, Response, SignerError};
+use super::revocations::{Revocations, RevocationsError};
 use crate::wallet::{WalletError, WalletSigner};
 
 /// Key sets the host keeps unused, so opening a channel never waits for the signer.
@@ -45,6 +46,7 @@ pub struct RemoteKeys {
     pending: Arc<Pending>,
     points: Arc<PointCache>,
     book: Arc<Mutex<KeyBook>>,
+    revocations: Arc<Revocations>,
     kv: Kv,
     shutdown_script: ShutdownScript,
 }
@@ -68,6 +70,8 @@ pub enum KeysError {
     BadShutdownScript,
     #[error(transparent)]
     Signer(#[from] SignerError),
+    #[error(transparent)]
+    Revocations(#[from] RevocationsError),
 }
 
 impl RemoteKeys {
@@ -100,12 +104,14 @@ impl RemoteKeys {
             )));
         }
         let expanded_key = ExpandedKey::new(handover.inbound_payment_key);
+        let revocations = Arc::new(Revocations::load(kv.as_ref())?);
         Ok(RemoteKeys {
             handover,
             expanded_key,
             pending,
             points: Arc::new(PointCache::default()),
             book: Arc::new(Mutex::new(book)),
+            revocations,
             kv,
             shutdown_script,
         })
@@ -113,6 +119,11 @@ impl RemoteKeys {
 
     pub fn node_id(&self) -> PublicKey {
         self.handover.node_id
+    }
+
+    /// The peers' revocations, saved with the monitor updates that record them.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Fetches key sets until the pool holds [`POOL_TARGET`]; waits for the answer.
@@ -383,6 +394,7 @@ impl SignerProvider for RemoteKeys {
             pubkeys,
             self.pending.clone(),
             self.points.clone(),
+            self.revocations.clone(),
         )
     }
 

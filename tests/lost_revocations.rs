@@ -1,0 +1,206 @@
+//! Revocations the signer never received separately still reach it, across a host restart.
+//!
+//! The signer signs a new counterparty commitment only once the peer revoked the one before
+//! the last. Here the signers drop every standalone revocation the host sends them (as if each
+//! were lost while the signer was away), so they learn revocations only from the copy the host
+//! attaches to the next commitment. Payments go through before a host restart and after it:
+//! after it only because the host saved the latest revocation with the monitor update that
+//! recorded it (without that, the first commitment after the restart is refused with
+//! `counterparty_not_revoked` and the payment fails). Real btcd, real LDK peers over TCP; the
+//! signers run in-process so the test can drop their messages.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::secp256k1::ecdsa::Signature;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Amount, Network};
+use flotilla_core::cli::demo::wait_until;
+use flotilla_core::host::{Host, HostConfig, HostError, Node, PaymentOutcome};
+use flotilla_core::regtest::Regtest;
+use flotilla_core::signer::link::SignerLink;
+use flotilla_core::signer::policy::Policy;
+use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
+use flotilla_core::signer::service::SeedSigner;
+use flotilla_core::signer::state::MemoryStateStore;
+use flotilla_core::store::StoreError;
+use flotilla_tests::fresh_chain;
+
+const CHANNEL_SAT: u64 = 1_000_000;
+const PAYMENT_MSAT: u64 = 5_000_000;
+const PAYMENTS_EACH_SIDE_OF_RESTART: u64 = 3;
+
+/// A signer that never sees the host's standalone revocations.
+struct DropsRevocations {
+    signer: SeedSigner,
+    dropped: AtomicU64,
+}
+
+impl Handler for DropsRevocations {
+    fn node_id(&self) -> PublicKey {
+        self.signer.node_id()
+    }
+
+    fn handover(&self) -> Handover {
+        self.signer.handover()
+    }
+
+    fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature {
+        self.signer.sign_challenge(challenge)
+    }
+
+    fn handle(&self, request: Request) -> Result<Response, SignerError> {
+        if let Request::ValidateCounterpartyRevocation { .. } = request {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Response::Accepted);
+        }
+        self.signer.handle(request)
+    }
+}
+
+fn signer(seed: u8) -> Arc<DropsRevocations> {
+    let state = Box::new(MemoryStateStore::new());
+    let signer =
+        SeedSigner::new(&[seed; 32], Network::Regtest, Policy::default(), state).expect("signer");
+    Arc::new(DropsRevocations {
+        signer,
+        dropped: AtomicU64::new(0),
+    })
+}
+
+async fn start(
+    chain: &Regtest,
+    db: &Path,
+    signers: &[Arc<DropsRevocations>],
+) -> (Arc<Host>, Vec<Arc<Node>>) {
+    // A host that just shut down lets go of the database once its aborted tasks are gone.
+    let mut tries = 0;
+    let host = loop {
+        match Host::start(HostConfig::regtest(db.to_path_buf(), chain.rpc_config())).await {
+            Err(HostError::Store(StoreError::Locked { .. })) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            started => break started.expect("host"),
+        }
+    };
+    let mut nodes = Vec::new();
+    for (i, signer) in signers.iter().enumerate() {
+        let link = SignerLink::in_process(signer.clone());
+        nodes.push(host.add_node(&format!("n{i}"), link).await.expect("node"));
+    }
+    (host, nodes)
+}
+
+async fn usable(payer: &Node, payee: &Node, what: &str) {
+    let _ = payer.connect(payee.id, payee.listen_addr()).await;
+    wait_until(what, Duration::from_secs(120), || {
+        payer.channels().iter().any(|c| c.is_usable)
+    })
+    .await
+    .expect("channel usable");
+}
+
+async fn pay(payer: &Node, payee: &Node, n: u64) {
+    let invoice = payee
+        .create_invoice(PAYMENT_MSAT, &format!("payment {n}"), 600)
+        .expect("invoice");
+    let outcome = payer
+        .pay_invoice(&invoice.to_string(), Duration::from_secs(60))
+        .await
+        .expect("pay");
+    match outcome {
+        PaymentOutcome::Succeeded { preimage, .. } => {
+            use bitcoin::hashes::{sha256, Hash};
+            assert_eq!(
+                sha256::Hash::hash(&preimage).to_byte_array(),
+                invoice.payment_hash().to_byte_array(),
+                "payment {n}: the preimage matches"
+            );
+        }
+        PaymentOutcome::Failed { reason } => panic!("payment {n} failed: {reason}"),
+    }
+}
+
+fn outbound_msat(node: &Node) -> u64 {
+    node.channels()
+        .iter()
+        .map(|c| c.outbound_capacity_msat)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_restart() {
+    let (dir, chain, _) = fresh_chain("lost-revocations").await;
+    let db = dir.join("host.db");
+    let signers = [signer(1), signer(2)];
+
+    let (host, nodes) = start(&chain, &db, &signers).await;
+    let (payer, payee) = (&nodes[0], &nodes[1]);
+    chain
+        .send(
+            &payer.new_address().expect("address"),
+            Amount::from_sat(CHANNEL_SAT + 100_000),
+        )
+        .await
+        .expect("fund");
+    chain.mine(1).await.expect("mine");
+    wait_until("wallet funded", Duration::from_secs(60), || {
+        payer.wallet_balance().confirmed_sat >= CHANNEL_SAT
+    })
+    .await
+    .expect("funded");
+    payer
+        .connect(payee.id, payee.listen_addr())
+        .await
+        .expect("connect");
+    payer.open_channel(payee.id, CHANNEL_SAT, 0).expect("open");
+    wait_until("funding broadcast", Duration::from_secs(60), || {
+        payer.channels().iter().all(|c| c.funding_txo.is_some())
+    })
+    .await
+    .expect("funding");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    chain.mine(3).await.expect("mine");
+    usable(payer, payee, "channel ready").await;
+    let start_msat = outbound_msat(payer);
+
+    for n in 0..PAYMENTS_EACH_SIDE_OF_RESTART {
+        pay(payer, payee, n).await;
+    }
+    let before_restart: u64 = signers
+        .iter()
+        .map(|s| s.dropped.load(Ordering::Relaxed))
+        .sum();
+    // Each payment: every side takes the peer's revocation twice (the last may still be on
+    // its way when the payer learns the outcome).
+    assert!(
+        before_restart >= 3 * PAYMENTS_EACH_SIDE_OF_RESTART,
+        "revocations dropped: {before_restart}"
+    );
+
+    host.shutdown().await;
+    drop((host, nodes));
+    let (host, nodes) = start(&chain, &db, &signers).await;
+    let (payer, payee) = (&nodes[0], &nodes[1]);
+    usable(payer, payee, "channel back after the restart").await;
+    for n in PAYMENTS_EACH_SIDE_OF_RESTART..2 * PAYMENTS_EACH_SIDE_OF_RESTART {
+        pay(payer, payee, n).await;
+    }
+    let dropped: u64 = signers
+        .iter()
+        .map(|s| s.dropped.load(Ordering::Relaxed))
+        .sum();
+    assert!(
+        dropped > before_restart,
+        "revocations dropped after the restart"
+    );
+    // Every payment moved the balance once (no fees on a direct channel).
+    let paid = 2 * PAYMENTS_EACH_SIDE_OF_RESTART * PAYMENT_MSAT;
+    assert_eq!(outbound_msat(payer), start_msat - paid);
+    host.shutdown().await;
+    drop(chain);
+    let _ = std::fs::remove_dir_all(&dir);
+}
