@@ -177,18 +177,20 @@ impl Policy {
         secp: &Secp256k1<C>,
     ) -> Result<(), Refusal> {
         let invalid = |reason: String| Err(Refusal::new("invalid_revocation", reason));
-        let Some(channel) = state.channels.get(keys_id) else {
+        let Ok(secret) = SecretKey::from_slice(&revocation.secret) else {
+            return invalid(format!("the secret of {} is not a key", revocation.idx));
+        };
+        let channel = state.channels.get(keys_id);
+        let Some((last, unrevoked)) =
+            channel.and_then(|c| Some((c.last_counterparty?, c.unrevoked_counterparty)))
+        else {
             return invalid(format!("no commitment signed to revoke {}", revocation.idx));
         };
-        let Some(last) = channel.last_counterparty else {
-            return invalid(format!("no commitment signed to revoke {}", revocation.idx));
-        };
-        match channel.unrevoked_counterparty {
+        match unrevoked {
             Some(unrevoked) if unrevoked.number == revocation.idx => {
-                let point = SecretKey::from_slice(&revocation.secret)
-                    .map(|secret| PublicKey::from_secret_key(secp, &secret));
+                let point = PublicKey::from_secret_key(secp, &secret);
                 // No point recorded: a commitment signed before points were kept.
-                if unrevoked.point.is_some_and(|p| point != Ok(p)) {
+                if unrevoked.point.is_some_and(|p| p != point) {
                     return invalid(format!(
                         "the secret does not match commitment {}",
                         revocation.idx
@@ -784,6 +786,12 @@ mod tests {
         };
         let secp = Secp256k1::signing_only();
         let refused = policy.record_counterparty_revocation(&mut state, &id, &wrong, &secp);
+        assert_eq!(refused.unwrap_err().rule, "invalid_revocation");
+        let not_a_key = Revocation {
+            idx: 101,
+            secret: [0xff; 32],
+        };
+        let refused = policy.record_counterparty_revocation(&mut state, &id, &not_a_key, &secp);
         assert_eq!(refused.unwrap_err().rule, "invalid_revocation");
         assert_eq!(
             revoke(&policy, &mut state, &id, 99).unwrap_err().rule,

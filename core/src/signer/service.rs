@@ -730,7 +730,7 @@ impl SeedSigner {
         })
     }
 
-    /// Records the peer's revocation and lets LDK's own signer check it too.
+    /// Records the peer's revocation (LDK's own signer checks nothing there).
     fn revoke(
         &self,
         kind: &str,
@@ -740,12 +740,7 @@ impl SeedSigner {
     ) -> Result<(), SignerError> {
         self.policy
             .record_counterparty_revocation(state, keys_id, revocation, &self.secp)
-            .map_err(|r| self.refuse(kind, r))?;
-        let secret = SecretKey::from_slice(&revocation.secret)
-            .map_err(|_| self.malformed(kind, "revocation secret is not a key"))?;
-        self.channel(keys_id)
-            .validate_counterparty_revocation(revocation.idx, &secret)
-            .map_err(|()| self.malformed(kind, "LDK could not validate the revocation"))
+            .map_err(|r| self.refuse(kind, r))
     }
 
     fn justice_checks(
