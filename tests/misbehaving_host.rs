@@ -90,6 +90,11 @@ fn peer_keys() -> KeysManager {
     KeysManager::new(&PEER_SEED, 1, 2, true)
 }
 
+/// The peer's node id: the one peer the policy lets open channels.
+fn allowed_peer() -> PublicKey {
+    peer_keys().get_node_id(Recipient::Node).expect("peer id")
+}
+
 fn key_of(byte: u8) -> PublicKey {
     PublicKey::from_secret_key(
         &Secp256k1::new(),
@@ -99,7 +104,7 @@ fn key_of(byte: u8) -> PublicKey {
 
 /// The signer's policy: limits, the peer it may open channels with, one allowlisted script.
 fn policy() -> Value {
-    let peer = peer_keys().get_node_id(Recipient::Node).expect("peer id");
+    let peer = allowed_peer();
     json!({
         "max_payment_msat": MAX_PAYMENT_MSAT,
         "max_outgoing_msat_per_hour": MAX_PER_HOUR_MSAT,
@@ -259,8 +264,8 @@ async fn wait_attached(link: &SignerLink, attached: bool) {
         .expect("hub alive");
 }
 
-/// A channel we funded, between the signer's node and the peer, on channel keys the signer
-/// handed out. Builds the requests an LDK host would send for it.
+/// A channel between the signer's node and the peer, on channel keys the signer handed out.
+/// Builds the requests an LDK host would send for it.
 struct Channel {
     keys_id: KeysId,
     params: ChannelTransactionParameters,
@@ -270,23 +275,44 @@ struct Channel {
 }
 
 impl Channel {
-    async fn open(rig: &Rig, funding_txid: u8) -> Channel {
+    /// A channel the peer opened to us, approved first (as the host does).
+    async fn open(rig: &Rig, tag: u8) -> Channel {
+        let ch = Channel::unapproved(rig, tag, false).await;
+        accepted(rig.ask(ch.approval(allowed_peer())).await);
+        ch
+    }
+
+    /// A channel we open, approved, then funded by a wallet transaction the signer signs.
+    async fn open_funded(rig: &Rig, tag: u8) -> Channel {
+        let mut ch = Channel::unapproved(rig, tag, true).await;
+        accepted(rig.ask(ch.approval(allowed_peer())).await);
+        let psbt = ch.funding_psbt(&rig.handover);
+        let txid = psbt.unsigned_tx.compute_txid();
+        match rig.ask(Request::SignPsbt { psbt }).await {
+            Ok(Response::Psbt(_)) => {}
+            other => panic!("funding: {other:?}"),
+        }
+        ch.params.funding_outpoint = Some(OutPoint { txid, index: 0 });
+        ch
+    }
+
+    async fn unapproved(rig: &Rig, tag: u8, outbound: bool) -> Channel {
         let set = match rig.ask(Request::NewChannelKeys { count: 1 }).await {
             Ok(Response::ChannelKeys(mut sets)) if sets.len() == 1 => sets.remove(0),
             other => panic!("channel keys: {other:?}"),
         };
-        let peer = peer_keys().derive_channel_keys(&[funding_txid; 32]);
+        let peer = peer_keys().derive_channel_keys(&[tag; 32]);
         let secp = Secp256k1::new();
         let params = ChannelTransactionParameters {
             holder_pubkeys: set.pubkeys,
             holder_selected_contest_delay: 144,
-            is_outbound_from_holder: true,
+            is_outbound_from_holder: outbound,
             counterparty_parameters: Some(CounterpartyChannelTransactionParameters {
                 pubkeys: peer.pubkeys(&secp),
                 selected_contest_delay: 144,
             }),
             funding_outpoint: Some(OutPoint {
-                txid: Txid::from_byte_array([funding_txid; 32]),
+                txid: Txid::from_byte_array([tag; 32]),
                 index: 0,
             }),
             splice_parent_funding_txid: None,
@@ -300,6 +326,30 @@ impl Channel {
             peer,
             secp,
         }
+    }
+
+    /// What the host asks before it opens (or accepts) this channel with `peer`.
+    fn approval(&self, peer: PublicKey) -> Request {
+        Request::ApproveChannelOpen {
+            peer,
+            value_sat: self.params.channel_value_satoshis,
+            push_msat: 0,
+            keys_id: self.keys_id,
+            outbound: self.params.is_outbound_from_holder,
+        }
+    }
+
+    /// A wallet transaction paying this channel's value to its funding output, the witness
+    /// script named as the host names it.
+    fn funding_psbt(&self, handover: &Handover) -> Psbt {
+        let redeem = self.funding_redeemscript();
+        let funding = TxOut {
+            value: Amount::from_sat(self.params.channel_value_satoshis),
+            script_pubkey: redeem.to_p2wsh(),
+        };
+        let (mut psbt, _) = wallet_psbt(handover, vec![funding], 1_000);
+        psbt.outputs[0].witness_script = Some(redeem);
+        psbt
     }
 
     /// The same channel keys, described by the host with other parameters.
@@ -576,10 +626,11 @@ fn first_wallet_key(
     (public, fingerprint.parse().expect("fingerprint"), path)
 }
 
-/// A wallet transaction spending the wallet's first coin (100,000 sat) to `to`, paying `fee`.
-fn wallet_psbt(handover: &Handover, to: ScriptBuf, fee: u64) -> (Psbt, PublicKey) {
+/// A wallet transaction spending the wallet's first coin to `outputs`, paying `fee`.
+fn wallet_psbt(handover: &Handover, outputs: Vec<TxOut>, fee: u64) -> (Psbt, PublicKey) {
     let secp = Secp256k1::new();
     let (key, fingerprint, path) = first_wallet_key(handover, &secp);
+    let input_sat = outputs.iter().map(|o| o.value.to_sat()).sum::<u64>() + fee;
     let tx = Transaction {
         version: Version::TWO,
         lock_time: LockTime::ZERO,
@@ -592,15 +643,12 @@ fn wallet_psbt(handover: &Handover, to: ScriptBuf, fee: u64) -> (Psbt, PublicKey
             sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
             witness: Witness::new(),
         }],
-        output: vec![TxOut {
-            value: Amount::from_sat(100_000 - fee),
-            script_pubkey: to,
-        }],
+        output: outputs,
     };
     let mut psbt = Psbt::from_unsigned_tx(tx).expect("psbt");
     let mut input = PsbtInput {
         witness_utxo: Some(TxOut {
-            value: Amount::from_sat(100_000),
+            value: Amount::from_sat(input_sat),
             script_pubkey: ScriptBuf::new_p2wpkh(&CompressedPublicKey(key).wpubkey_hash()),
         }),
         ..Default::default()
@@ -608,6 +656,15 @@ fn wallet_psbt(handover: &Handover, to: ScriptBuf, fee: u64) -> (Psbt, PublicKey
     input.bip32_derivation.insert(key, (fingerprint, path));
     psbt.inputs[0] = input;
     (psbt, key)
+}
+
+/// A wallet transaction paying 90,000 sat to `to`, with `fee`.
+fn payment_psbt(handover: &Handover, to: ScriptBuf, fee: u64) -> (Psbt, PublicKey) {
+    let output = TxOut {
+        value: Amount::from_sat(90_000),
+        script_pubkey: to,
+    };
+    wallet_psbt(handover, vec![output], fee)
 }
 
 fn node_announcement(node: PublicKey) -> UnsignedNodeAnnouncement {
@@ -634,18 +691,19 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
     let own = rig.handover.shutdown_script.clone();
     let secp = Secp256k1::new();
 
-    // Channel opens: only with allowed peers.
-    let allowed_peer = peer_keys().get_node_id(Recipient::Node).expect("peer id");
-    let open = |peer| Request::ApproveChannelOpen {
-        peer,
-        value_sat: CHANNEL_SAT,
-    };
-    refused(rig.ask(open(key_of(9))).await, "peer_not_allowed");
-    accepted(rig.ask(open(allowed_peer)).await);
+    // Channel opens: only with allowed peers, and the signer signs for no channel whose open
+    // it did not approve (a host cannot skip the question).
+    let allowed_peer = allowed_peer();
+    let ch = Channel::unapproved(&rig, 1, false).await;
+    let first = ch.counterparty_tx(TOP, TO_US_SAT, vec![]);
+    refused(
+        rig.ask(ch.sign_counterparty(&first)).await,
+        "channel_not_approved",
+    );
+    refused(rig.ask(ch.approval(key_of(9))).await, "peer_not_allowed");
+    accepted(rig.ask(ch.approval(allowed_peer)).await);
 
     // Counterparty commitments only move forward.
-    let ch = Channel::open(&rig, 1).await;
-    let first = ch.counterparty_tx(TOP, TO_US_SAT, vec![]);
     ch.sign_counterparty_ok(&rig, &first).await;
     let second = ch.counterparty_tx(TOP - 1, TO_US_SAT, vec![]);
     ch.sign_counterparty_ok(&rig, &second).await;
@@ -669,8 +727,8 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
     );
 
     // The channel's parameters are pinned by its first signature: the host cannot swap in
-    // another peer, another value, or turn our channel into the peer's (which would lift the
-    // closing fee cap, see below). Each commitment is consistent with the parameters it names.
+    // another peer, another value, or turn the peer's channel into ours. Each commitment is
+    // consistent with the parameters it names.
     let swapped = ch.misdescribed(|p| {
         let other = peer_keys().derive_channel_keys(&[99; 32]);
         p.counterparty_parameters = Some(CounterpartyChannelTransactionParameters {
@@ -679,8 +737,8 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
         });
     });
     let resized = ch.misdescribed(|p| p.channel_value_satoshis += 100_000);
-    let inbound = ch.misdescribed(|p| p.is_outbound_from_holder = false);
-    for other in [&swapped, &resized, &inbound] {
+    let outbound = ch.misdescribed(|p| p.is_outbound_from_holder = true);
+    for other in [&swapped, &resized, &outbound] {
         let tx = other.counterparty_tx(TOP - 2, TO_US_SAT, vec![]);
         refused(
             rig.ask(other.sign_counterparty(&tx)).await,
@@ -809,20 +867,22 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
         .expect("holder commitment signature verifies");
 
     // Mutual closes pay our side to the signer's own wallet or an allowlisted script, with a
-    // fee (ours: we funded the channel) within the cap.
+    // fee within the cap when it is ours to pay (a channel we funded).
     let (request, _) = ch.close(TO_US_SAT, &foreign_script(), 1_000);
     refused(rig.ask(request).await, "destination_not_allowed");
     let (request, tx) = ch.close(TO_US_SAT, &own, 1_000);
     ch.signed_close(&tx, rig.ask(request).await);
     let (request, tx) = ch.close(TO_US_SAT, &allowlisted_script(), 1_000);
     ch.signed_close(&tx, rig.ask(request).await);
-    let (request, _) = ch.close(TO_US_SAT, &own, MAX_FEE_SAT + 1);
+    let funded = Channel::open_funded(&rig, 4).await;
+    let (request, _) = funded.close(TO_US_SAT, &own, MAX_FEE_SAT + 1);
     refused(rig.ask(request).await, "max_fee");
-    let (request, tx) = ch.close(TO_US_SAT, &own, MAX_FEE_SAT);
-    ch.signed_close(&tx, rig.ask(request).await);
-    // Calling the channel the peer's, whose fee is not capped: its parameters are pinned.
-    let (request, _) = inbound.close(TO_US_SAT, &own, MAX_FEE_SAT + 1);
-    refused(rig.ask(request).await, "channel_parameters_changed");
+    let (request, tx) = funded.close(TO_US_SAT, &own, MAX_FEE_SAT);
+    funded.signed_close(&tx, rig.ask(request).await);
+    // Calling our channel the peer's, whose fee is not ours: its open says otherwise.
+    let disowned = funded.misdescribed(|p| p.is_outbound_from_holder = false);
+    let (request, _) = disowned.close(TO_US_SAT, &own, MAX_FEE_SAT + 1);
+    refused(rig.ask(request).await, "channel_not_approved");
 
     // Sweeps (our output of a commitment the peer broadcast) go to the wallet, within the cap.
     let sweep = |change_script: ScriptBuf, outputs: Vec<TxOut>, feerate| Request::SpendOutputs {
@@ -856,10 +916,25 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
         other => panic!("expected the sweep signed, got {other:?}"),
     }
 
-    // Wallet transactions: the fee cap.
-    let (psbt, key) = wallet_psbt(&rig.handover, foreign_script(), MAX_FEE_SAT + 1);
+    // Wallet transactions: to the wallet, an allowlisted script, or the funding of a channel
+    // we open whose open was approved; within the fee cap.
+    let (psbt, _) = payment_psbt(&rig.handover, foreign_script(), 1_000);
+    refused(
+        rig.ask(Request::SignPsbt { psbt }).await,
+        "destination_not_allowed",
+    );
+    for unfunded in [&ch, &Channel::unapproved(&rig, 5, true).await] {
+        refused(
+            rig.ask(Request::SignPsbt {
+                psbt: unfunded.funding_psbt(&rig.handover),
+            })
+            .await,
+            "destination_not_allowed",
+        );
+    }
+    let (psbt, _) = payment_psbt(&rig.handover, allowlisted_script(), MAX_FEE_SAT + 1);
     refused(rig.ask(Request::SignPsbt { psbt }).await, "max_fee");
-    let (psbt, _) = wallet_psbt(&rig.handover, foreign_script(), MAX_FEE_SAT);
+    let (psbt, key) = payment_psbt(&rig.handover, allowlisted_script(), MAX_FEE_SAT);
     match rig.ask(Request::SignPsbt { psbt }).await {
         Ok(Response::Psbt(signed)) => {
             let bitcoin_key = bitcoin::PublicKey::new(key);
@@ -955,30 +1030,33 @@ async fn a_misbehaving_host_cannot_make_the_signer_sign_what_its_policy_forbids(
 async fn our_balance_moves_only_through_htlcs_and_fees() {
     let rig = Rig::start("balance", policy()).await;
     let own = rig.handover.shutdown_script.clone();
-    let ch = Channel::open(&rig, 2).await;
-    ch.sign_counterparty_ok(&rig, &ch.counterparty_tx(TOP, TO_US_SAT, vec![]))
+    // A channel we funded starts with all of its value ours but the commitment's fee.
+    let ch = Channel::open_funded(&rig, 2).await;
+    let full = CHANNEL_SAT - COMMITMENT_FEE_SAT;
+    refused(
+        rig.ask(ch.sign_counterparty(&ch.counterparty_tx(TOP, full - 60_000, vec![])))
+            .await,
+        "balance_moved_without_htlc",
+    );
+    ch.sign_counterparty_ok(&rig, &ch.counterparty_tx(TOP, full, vec![]))
         .await;
 
     // 60,000 sat of ours to the peer without an HTLC: past every payment limit unseen.
-    let drained = ch.counterparty_tx(TOP - 1, TO_US_SAT - 60_000, vec![]);
+    let drained = ch.counterparty_tx(TOP - 1, full - 60_000, vec![]);
     refused(
         rig.ask(ch.sign_counterparty(&drained)).await,
         "balance_moved_without_htlc",
     );
     // 40,000 sat leaving as an outgoing HTLC is a payment (within the limits): signed; then
     // settled, the HTLC is gone and its value stays with the peer.
-    let paying = ch.counterparty_tx(
-        TOP - 1,
-        TO_US_SAT - 40_000,
-        vec![htlc(false, 40_000_000, 1)],
-    );
+    let paying = ch.counterparty_tx(TOP - 1, full - 40_000, vec![htlc(false, 40_000_000, 1)]);
     ch.sign_counterparty_ok(&rig, &paying).await;
     accepted(rig.ask(ch.revoke(TOP, TOP)).await);
-    let settled = ch.counterparty_tx(TOP - 2, TO_US_SAT - 40_000, vec![]);
+    let settled = ch.counterparty_tx(TOP - 2, full - 40_000, vec![]);
     ch.sign_counterparty_ok(&rig, &settled).await;
 
     // A mutual close must pay us our balance, less the fee we pay as the funder.
-    let balance = TO_US_SAT - 40_000;
+    let balance = full - 40_000;
     for to_us in [0, balance - 5_000] {
         let (request, _) = ch.close(to_us, &own, 1_000);
         refused(rig.ask(request).await, "closing_balance_mismatch");

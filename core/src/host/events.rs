@@ -2,13 +2,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lightning::events::{Event, PaymentPurpose};
+use lightning::events::{Event, InboundChannelFunds, PaymentPurpose};
 use serde_json::json;
 
 use super::error::HostError;
 use super::node::{Node, PaymentOutcome};
 use crate::signer::protocol::Request;
 use crate::store::{ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus};
+use crate::wallet::WalletError;
 
 fn now() -> i64 {
     SystemTime::now()
@@ -34,10 +35,24 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             ..
         } => {
             let amount = bitcoin::Amount::from_sat(channel_value_satoshis);
-            match node
-                .wallet
-                .build_funding_tx(output_script, amount, node.funding_feerate())
-            {
+            // The wallet names the 2-of-2 behind the output, for the signer to check.
+            let redeem = node
+                .channel_manager
+                .list_channels_with_counterparty(&counterparty_node_id)
+                .into_iter()
+                .find(|c| c.channel_id == temporary_channel_id)
+                .and_then(|c| c.funding_redeem_script)
+                .filter(|redeem| redeem.to_p2wsh() == output_script);
+            let built = match redeem {
+                Some(redeem) => {
+                    node.wallet
+                        .build_funding_tx(&redeem, amount, node.funding_feerate())
+                }
+                None => Err(WalletError::InvalidInput(
+                    "the channel has no funding script matching LDK's output".into(),
+                )),
+            };
+            match built {
                 Ok(tx) => {
                     node.wallet.transaction_broadcast(&tx)?;
                     node.channel_manager.funding_transaction_generated(
@@ -256,24 +271,39 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             temporary_channel_id,
             counterparty_node_id,
             funding_satoshis,
+            channel_negotiation_type,
             ..
         } => {
-            // The signer decides which peers may open channels to this node.
-            let approval = node
-                .link
-                .call(Request::ApproveChannelOpen {
-                    peer: counterparty_node_id,
-                    value_sat: funding_satoshis,
-                })
-                .await;
+            let push_msat = match channel_negotiation_type {
+                InboundChannelFunds::PushMsat(push) => push,
+                InboundChannelFunds::DualFunded => 0,
+            };
+            // The signer decides which peers may open channels to this node, and signs only
+            // for channels it approved (by their key set).
+            let user_channel_id = node.fresh_user_channel_id();
+            let approval = match node.keys.reserve_channel_keys(user_channel_id) {
+                Ok(keys_id) => node
+                    .link
+                    .call(Request::ApproveChannelOpen {
+                        peer: counterparty_node_id,
+                        value_sat: funding_satoshis,
+                        push_msat,
+                        keys_id,
+                        outbound: false,
+                    })
+                    .await
+                    .map_err(HostError::from),
+                Err(e) => Err(e.into()),
+            };
             match approval {
                 Ok(_) => node.channel_manager.accept_inbound_channel(
                     &temporary_channel_id,
                     &counterparty_node_id,
-                    node.fresh_user_channel_id(),
+                    user_channel_id,
                     None,
                 )?,
                 Err(e) => {
+                    node.keys.release_channel_keys(user_channel_id);
                     tracing::warn!(node = %node.alias, peer = %counterparty_node_id, error = %e, "inbound channel refused");
                     node.channel_manager.force_close_broadcasting_latest_txn(
                         &temporary_channel_id,

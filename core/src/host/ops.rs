@@ -62,21 +62,37 @@ impl Node {
                 "peer {peer} is not connected"
             )));
         }
-        self.link.call_blocking(
-            Request::ApproveChannelOpen {
-                peer,
-                value_sat: amount_sat,
-            },
-            SYNC_DEADLINE,
-        )?;
-        Ok(self.channel_manager.create_channel(
-            peer,
-            amount_sat,
-            push_msat,
-            self.fresh_user_channel_id(),
-            None,
-            None,
-        )?)
+        // The signer approves the open for the key set the channel will use, and signs for
+        // no channel it did not approve.
+        let user_channel_id = self.fresh_user_channel_id();
+        let keys_id = self.keys.reserve_channel_keys(user_channel_id)?;
+        let created = self
+            .link
+            .call_blocking(
+                Request::ApproveChannelOpen {
+                    peer,
+                    value_sat: amount_sat,
+                    push_msat,
+                    keys_id,
+                    outbound: true,
+                },
+                SYNC_DEADLINE,
+            )
+            .map_err(HostError::from)
+            .and_then(|_| {
+                Ok(self.channel_manager.create_channel(
+                    peer,
+                    amount_sat,
+                    push_msat,
+                    user_channel_id,
+                    None,
+                    None,
+                )?)
+            });
+        if created.is_err() {
+            self.keys.release_channel_keys(user_channel_id);
+        }
+        created
     }
 
     pub fn channels(&self) -> Vec<ChannelDetails> {

@@ -51,11 +51,13 @@ pub struct RemoteKeys {
     shutdown_script: ShutdownScript,
 }
 
-/// Every channel key set the signer handed over (by id), and which are still unused.
+/// Every channel key set the signer handed over (by id), which are still unused, and which
+/// are set aside for channels about to be created (by their user channel id).
 #[derive(Default)]
 struct KeyBook {
     known: HashMap<KeysId, ChannelPublicKeys>,
     pool: Vec<KeysId>,
+    reserved: HashMap<u128, KeysId>,
     refilling: bool,
 }
 
@@ -164,6 +166,48 @@ impl RemoteKeys {
                 }
             }),
         );
+    }
+
+    /// Sets a key set aside for the channel LDK is about to create with `user_channel_id`:
+    /// the signer approves the open for this key set, and LDK's `generate_channel_keys_id`
+    /// returns it for that channel.
+    pub fn reserve_channel_keys(&self, user_channel_id: u128) -> Result<KeysId, KeysError> {
+        let keys_id = self.take_key_set()?;
+        lock(&self.book).reserved.insert(user_channel_id, keys_id);
+        Ok(keys_id)
+    }
+
+    /// Drops the reservation of a channel that was not created (its key set stays unused).
+    pub fn release_channel_keys(&self, user_channel_id: u128) {
+        lock(&self.book).reserved.remove(&user_channel_id);
+    }
+
+    /// Takes a key set from the pool (refilled in the background); if the pool is empty, asks
+    /// the signer and waits.
+    fn take_key_set(&self) -> Result<KeysId, KeysError> {
+        let taken = {
+            let mut book = lock(&self.book);
+            let taken = book.pool.pop();
+            if taken.is_some() {
+                write_pool(&self.kv, &book)?;
+            }
+            taken
+        };
+        self.refill_in_background();
+        if let Some(id) = taken {
+            return Ok(id);
+        }
+        let answer = self
+            .pending
+            .link()
+            .call_blocking(Request::NewChannelKeys { count: 1 }, SYNC_DEADLINE)?;
+        add_key_sets(&self.book, &self.kv, answer)?;
+        let mut book = lock(&self.book);
+        let id = book.pool.pop().ok_or_else(|| {
+            KeysError::Signer(SignerError::Malformed("the signer sent no key set".into()))
+        })?;
+        write_pool(&self.kv, &book)?;
+        Ok(id)
     }
 
     fn live(&self, request: Request) -> Result<Response, ()> {
@@ -343,44 +387,18 @@ impl NodeSigner for RemoteKeys {
 impl SignerProvider for RemoteKeys {
     type EcdsaSigner = RemoteChannelSigner;
 
-    /// Takes a key set from the pool (refilled in the background); if the pool is empty, asks
-    /// the signer and waits.
-    fn generate_channel_keys_id(&self, _inbound: bool, _user_channel_id: u128) -> [u8; 32] {
-        let taken = {
-            let mut book = lock(&self.book);
-            let taken = book.pool.pop();
-            if taken.is_some() {
-                if let Err(e) = write_pool(&self.kv, &book) {
-                    tracing::error!(error = %e, "could not record a used channel key set");
-                }
-            }
-            taken
-        };
-        self.refill_in_background();
-        if let Some(id) = taken {
+    /// The key set reserved for this channel's approved open; any other channel gets one
+    /// from the pool, and the signer refuses to sign for it.
+    fn generate_channel_keys_id(&self, _inbound: bool, user_channel_id: u128) -> [u8; 32] {
+        if let Some(id) = lock(&self.book).reserved.remove(&user_channel_id) {
             return id;
         }
-        let answer = self
-            .pending
-            .link()
-            .call_blocking(Request::NewChannelKeys { count: 1 }, SYNC_DEADLINE);
-        match answer
-            .map_err(KeysError::from)
-            .and_then(|a| add_key_sets(&self.book, &self.kv, a))
-        {
-            Ok(()) => {
-                let mut book = lock(&self.book);
-                let id = book.pool.pop();
-                let _ = write_pool(&self.kv, &book);
-                // LDK cannot be told "no keys": an id without keys yields a channel whose
-                // signatures the signer refuses, so the open fails cleanly at negotiation.
-                id.unwrap_or([0u8; 32])
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "no channel keys from the signer");
-                [0u8; 32]
-            }
-        }
+        // LDK cannot be told "no keys": an id without keys yields a channel whose signatures
+        // the signer refuses, so the open fails cleanly at negotiation.
+        self.take_key_set().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "no channel keys from the signer");
+            [0u8; 32]
+        })
     }
 
     fn derive_channel_signer(&self, channel_keys_id: [u8; 32]) -> RemoteChannelSigner {

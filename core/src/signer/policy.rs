@@ -9,10 +9,14 @@ use std::collections::{BTreeMap, HashSet};
 use bitcoin::hex::DisplayHex;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey, Signing};
 use bitcoin::{Script, ScriptBuf};
+use lightning::ln::chan_utils::make_funding_redeemscript;
 
 use super::config::PolicyLimits;
 use super::protocol::{KeysId, Revocation};
-use super::state::{ApprovedPayment, HtlcEntry, SignedCommitment, SignerState, Spent, Txn};
+use super::state::{
+    ApprovedPayment, ChannelOpen, ChannelState, HtlcEntry, SignedCommitment, SignerState, Spent,
+    Txn,
+};
 
 /// The velocity window.
 pub const WINDOW_SECS: u64 = 3600;
@@ -79,8 +83,30 @@ pub struct CommitmentView {
     pub incoming: Vec<HtlcEntry>,
     /// Our own balance output (zero when trimmed).
     pub to_us_sat: u64,
-    /// The channel's value less every output (what miners get, dust HTLCs included).
+    /// The channel's value less every output but the anchors: what the funder pays besides
+    /// balances (the fee, dust HTLCs, anchors).
     pub fee_sat: u64,
+}
+
+/// A channel's parameters as the policy checks them: their encoding (pinned by the first
+/// signature) and what must match the approved open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelParams {
+    pub encoded: String,
+    pub value_sat: u64,
+    pub outbound: bool,
+    pub funding_txid: [u8; 32],
+}
+
+/// An output of a wallet transaction the signer is asked to sign.
+#[derive(Clone, Copy, Debug)]
+pub struct WalletOutput<'a> {
+    pub script: &'a Script,
+    pub value_sat: u64,
+    /// Pays the signer's own wallet.
+    pub own: bool,
+    /// The script a P2WSH output commits to, as the host describes it (a channel's funding).
+    pub witness_script: Option<&'a Script>,
 }
 
 /// Rounding slack between balances in millisatoshis and outputs in satoshis.
@@ -145,8 +171,16 @@ impl Policy {
         prune_spent(state, now);
         let previous = state.channels.get(keys_id);
         let added = new_entries(previous.map_or(&[], |c| &c.outgoing), &view.outgoing);
-        // Recorded with every signed counterparty commitment: absent only before the first.
-        if let Some((to_us, fee)) = previous.and_then(|c| c.to_us_sat.zip(c.fee_sat)) {
+        // Recorded with every signed counterparty commitment: absent only before the first,
+        // which starts a channel we fund from its value less what we push.
+        let baseline = previous.and_then(|c| {
+            c.to_us_sat.zip(c.fee_sat).or_else(|| {
+                c.open
+                    .filter(|o| o.outbound)
+                    .map(|o| (o.value_sat.saturating_sub(o.push_msat.div_ceil(1000)), 0))
+            })
+        });
+        if let Some((to_us, fee)) = baseline {
             balance_moves_only_by_htlcs_and_fees(to_us, fee, view, &added)?;
         }
         for htlc in added {
@@ -326,27 +360,104 @@ impl Policy {
         Ok(())
     }
 
+    /// Records the open of a channel with `keys_id` (asked before the channel exists): the
+    /// peer must be allowed, what we push is an outgoing payment (limits), and a key set
+    /// serves one channel. Asking again for the same open is answered the same.
+    pub fn approve_channel_open(
+        &self,
+        state: &mut Txn,
+        keys_id: &KeysId,
+        open: ChannelOpen,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        self.check_peer(&open.peer)?;
+        if open.push_msat > open.value_sat.saturating_mul(1000) {
+            return Err(Refusal::new(
+                "invalid_channel_open",
+                format!(
+                    "pushing {} msat in a channel of {} sat",
+                    open.push_msat, open.value_sat
+                ),
+            ));
+        }
+        let open = ChannelOpen {
+            funding_txid: None,
+            ..open
+        };
+        if let Some(channel) = state.channels.get(keys_id) {
+            if channel.open.map(|o| ChannelOpen {
+                funding_txid: None,
+                ..o
+            }) == Some(open)
+            {
+                return Ok(());
+            }
+            return Err(Refusal::new(
+                "channel_keys_in_use",
+                format!(
+                    "key set {} already serves a channel",
+                    keys_id.to_lower_hex_string()
+                ),
+            ));
+        }
+        if open.outbound && open.push_msat > 0 {
+            self.check_payment_amount(open.push_msat)?;
+            prune_spent(state, now);
+            self.check_velocity(state, open.push_msat, now)?;
+            state.push_spent(Spent {
+                at_secs: now,
+                amount_msat: open.push_msat,
+            });
+        }
+        state.channel_mut(keys_id).open = Some(open);
+        Ok(())
+    }
+
     /// A channel's parameters are those of the first signature for it: a host that later
-    /// names other counterparty keys, funding outpoint or value for it is refused.
+    /// names other counterparty keys, funding outpoint or value for it is refused. Before
+    /// that, they must be those of the approved open, and a channel we fund must be funded by
+    /// the wallet transaction the signer signed for it.
     pub fn check_channel_parameters(
         &self,
         state: &SignerState,
         keys_id: &KeysId,
-        encoded: &str,
+        params: &ChannelParams,
     ) -> Result<(), Refusal> {
-        let pinned = state
-            .channels
-            .get(keys_id)
-            .and_then(|c| c.parameters.as_deref());
-        match pinned {
-            Some(pinned) if pinned != encoded => Err(Refusal::new(
+        let channel = state.channels.get(keys_id);
+        match channel.and_then(|c| c.parameters.as_deref()) {
+            Some(pinned) if pinned != params.encoded => Err(Refusal::new(
                 "channel_parameters_changed",
                 format!(
                     "channel {} was signed for with other parameters",
                     keys_id.to_lower_hex_string()
                 ),
             )),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            None => {
+                let open = approved_open(channel, keys_id)?;
+                if open.value_sat != params.value_sat || open.outbound != params.outbound {
+                    return Err(Refusal::new(
+                        "channel_not_approved",
+                        format!(
+                            "a channel of {} sat ({}) was approved, not one of {} sat ({})",
+                            open.value_sat,
+                            direction(open.outbound),
+                            params.value_sat,
+                            direction(params.outbound)
+                        ),
+                    ));
+                }
+                if open.outbound && open.funding_txid != Some(params.funding_txid) {
+                    return Err(Refusal::new(
+                        "funding_not_approved",
+                        format!(
+                            "channel {} is not funded by the wallet transaction signed for it",
+                            keys_id.to_lower_hex_string()
+                        ),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -356,15 +467,81 @@ impl Policy {
         &self,
         state: &mut Txn,
         keys_id: &KeysId,
-        encoded: &str,
+        params: &ChannelParams,
     ) -> Result<(), Refusal> {
-        self.check_channel_parameters(state, keys_id, encoded)?;
+        self.check_channel_parameters(state, keys_id, params)?;
         if state
             .channels
             .get(keys_id)
             .is_none_or(|c| c.parameters.is_none())
         {
-            state.channel_mut(keys_id).parameters = Some(encoded.to_owned());
+            state.channel_mut(keys_id).parameters = Some(params.encoded.clone());
+        }
+        Ok(())
+    }
+
+    /// Holder commitments of a channel whose parameters are not known yet (an inbound
+    /// channel's first): only of an approved channel.
+    pub fn check_channel_approved(
+        &self,
+        state: &SignerState,
+        keys_id: &KeysId,
+    ) -> Result<(), Refusal> {
+        approved_open(state.channels.get(keys_id), keys_id).map(|_| ())
+    }
+
+    /// A wallet transaction may pay only the wallet itself, allowed scripts, and the funding
+    /// output of a channel we open: the approved value, to a 2-of-2 with that channel's funding
+    /// key, in one transaction per open (recorded: the channel must use it).
+    pub fn check_wallet_spend(
+        &self,
+        state: &mut Txn,
+        txid: [u8; 32],
+        outputs: &[WalletOutput],
+        funding_key: impl Fn(&KeysId) -> PublicKey,
+    ) -> Result<(), Refusal> {
+        let mut funded: Vec<KeysId> = Vec::new();
+        for output in outputs {
+            if output.own || self.allowed_scripts.contains(output.script) {
+                continue;
+            }
+            let keys = output
+                .witness_script
+                .filter(|w| output.script == ScriptBuf::new_p2wsh(&w.wscript_hash()).as_script())
+                .and_then(funding_keys);
+            let channel = keys.and_then(|keys| {
+                state
+                    .channels
+                    .iter()
+                    .filter(|(id, c)| {
+                        !funded.contains(id)
+                            && c.open.is_some_and(|o| {
+                                o.outbound
+                                    && o.value_sat == output.value_sat
+                                    && o.funding_txid.is_none_or(|t| t == txid)
+                            })
+                    })
+                    .map(|(id, _)| *id)
+                    .find(|id| keys.contains(&funding_key(id)))
+            });
+            match channel {
+                Some(keys_id) => funded.push(keys_id),
+                None => {
+                    return Err(Refusal::new(
+                        "destination_not_allowed",
+                        format!(
+                            "output of {} sat to {} is neither the signer's wallet, allowed, nor an approved channel's funding",
+                            output.value_sat,
+                            output.script.as_bytes().to_lower_hex_string()
+                        ),
+                    ))
+                }
+            }
+        }
+        for keys_id in funded {
+            if let Some(open) = state.channel_mut(&keys_id).open.as_mut() {
+                open.funding_txid = Some(txid);
+            }
         }
         Ok(())
     }
@@ -508,6 +685,38 @@ impl Policy {
             _ => Ok(()),
         }
     }
+}
+
+/// The open approved for a channel, or the refusal of a channel nobody approved.
+fn approved_open(channel: Option<&ChannelState>, keys_id: &KeysId) -> Result<ChannelOpen, Refusal> {
+    channel.and_then(|c| c.open).ok_or_else(|| {
+        Refusal::new(
+            "channel_not_approved",
+            format!(
+                "no channel open was approved for key set {}",
+                keys_id.to_lower_hex_string()
+            ),
+        )
+    })
+}
+
+fn direction(outbound: bool) -> &'static str {
+    if outbound {
+        "ours"
+    } else {
+        "the peer's"
+    }
+}
+
+/// The two keys of a funding output's witness script, if it is the 2-of-2 LDK makes.
+fn funding_keys(script: &Script) -> Option<[PublicKey; 2]> {
+    let bytes = script.as_bytes();
+    if bytes.len() != 71 {
+        return None;
+    }
+    let a = PublicKey::from_slice(&bytes[2..35]).ok()?;
+    let b = PublicKey::from_slice(&bytes[36..69]).ok()?;
+    (make_funding_redeemscript(&a, &b).as_script() == script).then_some([a, b])
 }
 
 fn spent_expired(spent: &Spent, now: u64) -> bool {

@@ -194,10 +194,15 @@ pub enum Request {
         amount_msat: u64,
         destination: PublicKey,
     },
-    /// Asked before a channel is opened with `peer`.
+    /// Asked before a channel is opened with `peer` (by us when `outbound`, funding
+    /// `value_sat` and giving the peer `push_msat`; else by the peer). `keys_id` is the key
+    /// set the channel will use: the signer signs for a channel only once its open is approved.
     ApproveChannelOpen {
         peer: PublicKey,
         value_sat: u64,
+        push_msat: u64,
+        keys_id: KeysId,
+        outbound: bool,
     },
 }
 

@@ -21,8 +21,9 @@ use bitcoin::{
     absolute::LockTime, CompressedPublicKey, Network, Psbt, ScriptBuf, Transaction, TxOut,
 };
 use lightning::ln::chan_utils::{
-    make_funding_redeemscript, ChannelPublicKeys, ChannelTransactionParameters, ClosingTransaction,
-    CommitmentTransaction, HTLCOutputInCommitment, HolderCommitmentTransaction,
+    get_keyed_anchor_redeemscript, make_funding_redeemscript, shared_anchor_script_pubkey,
+    ChannelPublicKeys, ChannelTransactionParameters, ClosingTransaction, CommitmentTransaction,
+    HTLCOutputInCommitment, HolderCommitmentTransaction,
 };
 use lightning::ln::msgs::{
     UnsignedChannelAnnouncement, UnsignedChannelUpdate, UnsignedGossipMessage,
@@ -38,12 +39,14 @@ use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::{LengthReadable, ReadableArgs, Writeable};
 use lightning_invoice::RawBolt11Invoice;
 
-use super::policy::{ApprovalHook, CommitmentView, PaymentApproval, Policy, Refusal};
+use super::policy::{
+    ApprovalHook, ChannelParams, CommitmentView, PaymentApproval, Policy, Refusal, WalletOutput,
+};
 use super::protocol::{
     challenge_digest, ChannelKeySet, ClosingParts, Handler, Handover, KeysId, Request, Response,
     Revocation, SignerError,
 };
-use super::state::{HtlcEntry, SignerState, StateError, StateStore, Txn};
+use super::state::{ChannelOpen, HtlcEntry, SignerState, StateError, StateStore, Txn};
 use super::wallet_keys::SeedWalletSigner;
 use crate::wallet::{WalletError, WalletSigner};
 
@@ -234,13 +237,14 @@ impl SeedSigner {
 
     /// The parameters must be complete (LDK asserts it), name this channel's own keys, so
     /// the host cannot make the signer sign for a channel it does not know, and be those the
-    /// channel was first signed with. Returns their encoding (see `Policy::channel_parameters`).
+    /// channel was first signed with (or, before that, of its approved open). Returns them as
+    /// the policy pins them.
     fn check_params(
         &self,
         kind: &str,
         keys_id: &KeysId,
         params: &ChannelTransactionParameters,
-    ) -> Result<String, SignerError> {
+    ) -> Result<ChannelParams, SignerError> {
         if !params.is_populated() {
             return Err(self.malformed(kind, "channel parameters are not populated"));
         }
@@ -263,11 +267,19 @@ impl SeedSigner {
                 self.malformed(kind, "holder keys in the parameters are not this channel's")
             );
         }
-        let encoded = params.encode().to_lower_hex_string();
+        let checked = ChannelParams {
+            encoded: params.encode().to_lower_hex_string(),
+            value_sat: params.channel_value_satoshis,
+            outbound: params.is_outbound_from_holder,
+            funding_txid: params
+                .funding_outpoint
+                .map(|o| o.txid.to_byte_array())
+                .unwrap_or_default(),
+        };
         self.policy
-            .check_channel_parameters(&lock(&self.kept).state, keys_id, &encoded)
+            .check_channel_parameters(&lock(&self.kept).state, keys_id, &checked)
             .map_err(|r| self.refuse(kind, r))?;
-        Ok(encoded)
+        Ok(checked)
     }
 
     /// The parameters pinned for a channel, if any: the signer's own copy, so it can check a
@@ -554,11 +566,28 @@ impl SeedSigner {
                     destination,
                 },
             ),
-            Request::ApproveChannelOpen { peer, .. } => self
-                .policy
-                .check_peer(&peer)
-                .map(|()| Response::Accepted)
-                .map_err(|r| self.refuse(kind, r)),
+            Request::ApproveChannelOpen {
+                peer,
+                value_sat,
+                push_msat,
+                keys_id,
+                outbound,
+            } => {
+                let open = ChannelOpen {
+                    peer,
+                    value_sat,
+                    push_msat,
+                    outbound,
+                    funding_txid: None,
+                };
+                let now = (self.clock)();
+                self.transact(|state| {
+                    self.policy
+                        .approve_channel_open(state, &keys_id, open, now)
+                        .map(|()| Response::Accepted)
+                        .map_err(|r| self.refuse(kind, r))
+                })
+            }
         }
     }
 
@@ -599,7 +628,7 @@ impl SeedSigner {
             },
         };
         let signer = self.channel(&keys_id);
-        let encoded = self.check_params(kind, &keys_id, &params)?;
+        let checked = self.check_params(kind, &keys_id, &params)?;
         let trusted = tx
             .verify(&params.as_holder_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
@@ -640,7 +669,7 @@ impl SeedSigner {
         let view = view_of(&tx, trusted.txid().to_byte_array(), false);
         self.transact(|state| {
             self.policy
-                .pin_channel_parameters(state, &keys_id, &encoded)
+                .pin_channel_parameters(state, &keys_id, &checked)
                 .map_err(|r| self.refuse(kind, r))?;
             self.policy
                 .validate_holder_commitment(state, &keys_id, &view);
@@ -660,6 +689,9 @@ impl SeedSigner {
         tracing::debug!(node = %self.node_id, "holder commitment recorded without parameters");
         let view = view_of(&tx, tx.trust().txid().to_byte_array(), false);
         self.transact(|state| {
+            self.policy
+                .check_channel_approved(state, &keys_id)
+                .map_err(|r| self.refuse(kind, r))?;
             let last = state
                 .channels
                 .get(&keys_id)
@@ -692,15 +724,37 @@ impl SeedSigner {
         revocation: Option<Revocation>,
     ) -> Result<Response, SignerError> {
         let signer = self.channel(&keys_id);
-        let encoded = self.check_params(kind, &keys_id, &params)?;
+        let checked = self.check_params(kind, &keys_id, &params)?;
         let trusted = tx
             .verify(&params.as_counterparty_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
         let built = trusted.built_transaction();
+        // Anchors are the funder's cost like the fee (taken from its balance whether or not
+        // they appear): counted with the fee, not as anyone's balance.
+        let anchors = if params
+            .channel_type_features
+            .supports_anchors_zero_fee_htlc_tx()
+            || params
+                .channel_type_features
+                .supports_anchor_zero_fee_commitments()
+        {
+            let counterparty = params
+                .counterparty_pubkeys()
+                .map(|k| k.funding_pubkey)
+                .ok_or_else(|| self.malformed(kind, "no counterparty keys"))?;
+            vec![
+                get_keyed_anchor_redeemscript(&params.holder_pubkeys.funding_pubkey).to_p2wsh(),
+                get_keyed_anchor_redeemscript(&counterparty).to_p2wsh(),
+                shared_anchor_script_pubkey(),
+            ]
+        } else {
+            Vec::new()
+        };
         let outputs_sat = built
             .transaction
             .output
             .iter()
+            .filter(|o| !anchors.contains(&o.script_pubkey))
             .map(|o| o.value.to_sat())
             .fold(0u64, u64::saturating_add);
         // The peer broadcasts this one: HTLCs it did not offer are the ones we offered.
@@ -709,7 +763,7 @@ impl SeedSigner {
         let now = (self.clock)();
         self.transact(|state| {
             self.policy
-                .pin_channel_parameters(state, &keys_id, &encoded)
+                .pin_channel_parameters(state, &keys_id, &checked)
                 .map_err(|r| self.refuse(kind, r))?;
             if let Some(revocation) = &revocation {
                 self.revoke(kind, state, &keys_id, revocation)?;
@@ -908,7 +962,12 @@ impl SeedSigner {
         Ok(Response::Transaction(tx))
     }
 
+    /// Signs the wallet's inputs once every output is allowed (see
+    /// `Policy::check_wallet_spend`) and the fee within the cap.
     fn sign_psbt(&self, kind: &str, mut psbt: Psbt) -> Result<Response, SignerError> {
+        if psbt.outputs.len() != psbt.unsigned_tx.output.len() {
+            return Err(self.malformed(kind, "PSBT outputs do not match its transaction"));
+        }
         if self.policy.limits.max_fee_sat.is_some() {
             let fee = psbt
                 .fee()
@@ -917,10 +976,34 @@ impl SeedSigner {
                 .check_fee(fee.to_sat(), "wallet transaction")
                 .map_err(|r| self.refuse(kind, r))?;
         }
-        self.wallet
-            .sign_psbt(&mut psbt)
-            .map_err(|e| self.malformed(kind, e.to_string()))?;
-        Ok(Response::Psbt(psbt))
+        let txid = psbt.unsigned_tx.compute_txid().to_byte_array();
+        self.transact(move |state| {
+            let outputs: Vec<WalletOutput> = psbt
+                .unsigned_tx
+                .output
+                .iter()
+                .zip(&psbt.outputs)
+                .map(|(txout, output)| WalletOutput {
+                    script: &txout.script_pubkey,
+                    value_sat: txout.value.to_sat(),
+                    own: self.own_scripts.contains(&txout.script_pubkey)
+                        || self.wallet.owns_output(output, &txout.script_pubkey),
+                    witness_script: output.witness_script.as_deref(),
+                })
+                .collect();
+            self.policy
+                .check_wallet_spend(state, txid, &outputs, |keys_id| {
+                    self.channel_keys(keys_id).pubkeys.funding_pubkey
+                })
+                .map_err(|r| self.refuse(kind, r))?;
+            // Inside the transaction: a funding recorded for a PSBT that was not signed
+            // would refuse the retry.
+            drop(outputs);
+            self.wallet
+                .sign_psbt(&mut psbt)
+                .map_err(|e| self.malformed(kind, e.to_string()))?;
+            Ok(Response::Psbt(psbt))
+        })
     }
 
     fn approve_payment(
@@ -1088,6 +1171,7 @@ mod tests {
     use crate::signer::config::PolicyLimits;
     use crate::signer::policy::DEFAULT_WALLET_LOOKAHEAD as DEFAULT_LOOKAHEAD;
     use crate::signer::state::{MemoryStateStore, SqliteStateStore};
+    use bitcoin::bip32::{DerivationPath, Fingerprint};
     use bitcoin::hashes::sha256;
     use bitcoin::secp256k1::Message;
 
@@ -1125,23 +1209,50 @@ mod tests {
     }
 
     impl Channel {
-        fn open(signer: &SeedSigner, funding_txid: u8) -> Channel {
+        /// A channel the peer opened to us (approved first, as the host does).
+        fn open(signer: &SeedSigner, tag: u8) -> Channel {
+            Channel::approved(signer, tag, false, 0)
+        }
+
+        /// A channel we open, pushing `push_msat`, funded by a wallet transaction the signer
+        /// signed for it.
+        fn open_funded(signer: &SeedSigner, tag: u8, push_msat: u64) -> Channel {
+            let mut ch = Channel::approved(signer, tag, true, push_msat);
+            let psbt = funding_psbt(tag, CHANNEL_SAT, ch.funding_redeemscript());
+            let txid = psbt.unsigned_tx.compute_txid();
+            match signer.handle(Request::SignPsbt { psbt }) {
+                Ok(Response::Psbt(_)) => {}
+                other => panic!("funding: {other:?}"),
+            }
+            ch.params.funding_outpoint = Some(OutPoint { txid, index: 0 });
+            ch
+        }
+
+        fn approved(signer: &SeedSigner, tag: u8, outbound: bool, push_msat: u64) -> Channel {
+            let ch = Channel::unapproved(signer, tag, outbound);
+            match signer.handle(ch.approval(push_msat)) {
+                Ok(Response::Accepted) => ch,
+                other => panic!("approval: {other:?}"),
+            }
+        }
+
+        fn unapproved(signer: &SeedSigner, tag: u8, outbound: bool) -> Channel {
             let set = match signer.handle(Request::NewChannelKeys { count: 1 }) {
                 Ok(Response::ChannelKeys(mut sets)) => sets.remove(0),
                 other => panic!("keys: {other:?}"),
             };
-            let peer = ldk_keys(&PEER_SEED).derive_channel_keys(&[funding_txid; 32]);
+            let peer = ldk_keys(&PEER_SEED).derive_channel_keys(&[tag; 32]);
             let secp = Secp256k1::new();
             let params = ChannelTransactionParameters {
                 holder_pubkeys: set.pubkeys,
                 holder_selected_contest_delay: 144,
-                is_outbound_from_holder: true,
+                is_outbound_from_holder: outbound,
                 counterparty_parameters: Some(CounterpartyChannelTransactionParameters {
                     pubkeys: peer.pubkeys(&secp),
                     selected_contest_delay: 144,
                 }),
                 funding_outpoint: Some(OutPoint {
-                    txid: Txid::from_byte_array([funding_txid; 32]),
+                    txid: Txid::from_byte_array([tag; 32]),
                     index: 0,
                 }),
                 splice_parent_funding_txid: None,
@@ -1155,6 +1266,25 @@ mod tests {
                 peer,
                 secp,
             }
+        }
+
+        fn approval(&self, push_msat: u64) -> Request {
+            Request::ApproveChannelOpen {
+                peer: ldk_keys(&PEER_SEED)
+                    .get_node_id(Recipient::Node)
+                    .expect("peer"),
+                value_sat: self.params.channel_value_satoshis,
+                push_msat,
+                keys_id: self.keys_id,
+                outbound: self.params.is_outbound_from_holder,
+            }
+        }
+
+        fn funding_redeemscript(&self) -> ScriptBuf {
+            make_funding_redeemscript(
+                &self.params.holder_pubkeys.funding_pubkey,
+                &self.peer_pubkeys().funding_pubkey,
+            )
         }
 
         fn peer_pubkeys(&self) -> &ChannelPublicKeys {
@@ -1305,6 +1435,51 @@ mod tests {
             payment_hash: PaymentHash([hash; 32]),
             transaction_output_index: None,
         }
+    }
+
+    /// A wallet transaction spending one coin of `input_sat` (tagged `tag`; not one the wallet
+    /// signs for, but the policy sees the whole transaction) to `outputs`.
+    fn wallet_psbt(tag: u8, input_sat: u64, outputs: Vec<TxOut>) -> Psbt {
+        let tx = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: BtcOutPoint {
+                    txid: Txid::from_byte_array([tag; 32]),
+                    vout: 0,
+                },
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::MAX,
+                witness: Witness::new(),
+            }],
+            output: outputs,
+        };
+        let mut psbt = Psbt::from_unsigned_tx(tx).expect("psbt");
+        psbt.inputs[0] = PsbtInput {
+            witness_utxo: Some(TxOut {
+                value: Amount::from_sat(input_sat),
+                script_pubkey: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array(
+                    [2; 20],
+                )),
+            }),
+            ..Default::default()
+        };
+        psbt
+    }
+
+    /// A wallet transaction funding `value_sat` to the 2-of-2 `redeem` (its only output,
+    /// 1,000 sat fee), the witness script named as the host names it.
+    fn funding_psbt(tag: u8, value_sat: u64, redeem: ScriptBuf) -> Psbt {
+        let mut psbt = wallet_psbt(
+            tag,
+            value_sat + 1_000,
+            vec![TxOut {
+                value: Amount::from_sat(value_sat),
+                script_pubkey: redeem.to_p2wsh(),
+            }],
+        );
+        psbt.outputs[0].witness_script = Some(redeem);
+        psbt
     }
 
     fn refused(result: Result<Response, SignerError>, rule: &str) {
@@ -1815,7 +1990,7 @@ mod tests {
     #[test]
     fn closes_pay_only_allowed_scripts_within_the_fee_cap() {
         let signer = signer();
-        let ch = Channel::open(&signer, 8);
+        let ch = Channel::open_funded(&signer, 8, 0);
         let own = signer.handover().shutdown_script;
         let foreign = ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([1; 20]));
         refused(
@@ -1853,7 +2028,7 @@ mod tests {
         let mut policy = Policy::new(limits());
         policy.allowed_scripts.insert(foreign.clone());
         let lenient = signer_with(policy, Box::new(MemoryStateStore::new()));
-        let ch = Channel::open(&lenient, 9);
+        let ch = Channel::open_funded(&lenient, 9, 0);
         assert!(matches!(
             ch.close(&lenient, 500_000, foreign, 1_000),
             Ok(Response::Signature(_))
@@ -1901,37 +2076,16 @@ mod tests {
     #[test]
     fn psbt_fee_is_capped() {
         let signer = signer();
+        let own = signer.handover().shutdown_script;
         let psbt = |fee: u64| {
-            let tx = Transaction {
-                version: bitcoin::transaction::Version::TWO,
-                lock_time: LockTime::ZERO,
-                input: vec![TxIn {
-                    previous_output: BtcOutPoint {
-                        txid: Txid::from_byte_array([1; 32]),
-                        vout: 0,
-                    },
-                    script_sig: ScriptBuf::new(),
-                    sequence: Sequence::MAX,
-                    witness: Witness::new(),
-                }],
-                output: vec![TxOut {
+            wallet_psbt(
+                1,
+                100_000,
+                vec![TxOut {
                     value: Amount::from_sat(100_000 - fee),
-                    script_pubkey: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array(
-                        [1; 20],
-                    )),
+                    script_pubkey: own.clone(),
                 }],
-            };
-            let mut psbt = Psbt::from_unsigned_tx(tx).expect("psbt");
-            psbt.inputs[0] = PsbtInput {
-                witness_utxo: Some(TxOut {
-                    value: Amount::from_sat(100_000),
-                    script_pubkey: ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array(
-                        [2; 20],
-                    )),
-                }),
-                ..Default::default()
-            };
-            psbt
+            )
         };
         refused(
             signer.handle(Request::SignPsbt { psbt: psbt(20_001) }),
@@ -1946,30 +2100,241 @@ mod tests {
         malformed(signer.handle(Request::SignPsbt { psbt: unknown }));
     }
 
+    /// A key of the signer's wallet far beyond the addresses it recognises by script, with
+    /// the key origin bdk writes into a PSBT for change.
+    fn wallet_key(chain: u32, index: u32) -> (PublicKey, Fingerprint, DerivationPath) {
+        let secp = Secp256k1::new();
+        let master = Xpriv::new_master(Network::Regtest, &SEED).expect("master");
+        let path: DerivationPath = format!("m/84'/1'/0'/{chain}/{index}")
+            .parse()
+            .expect("path");
+        let key = master.derive_priv(&secp, &path).expect("key");
+        (
+            key.private_key.public_key(&secp),
+            master.fingerprint(&secp),
+            path,
+        )
+    }
+
+    #[test]
+    fn wallet_spends_pay_only_the_wallet_allowed_scripts_and_approved_fundings() {
+        let signer = signer();
+        let sign = |psbt: Psbt| signer.handle(Request::SignPsbt { psbt });
+        let pay = |script: ScriptBuf| {
+            wallet_psbt(
+                2,
+                100_000,
+                vec![TxOut {
+                    value: Amount::from_sat(99_000),
+                    script_pubkey: script,
+                }],
+            )
+        };
+        let foreign = ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([1; 20]));
+        refused(sign(pay(foreign.clone())), "destination_not_allowed");
+
+        // Change far beyond the lookahead is the wallet's when its key origin proves it.
+        let (key, fingerprint, path) = wallet_key(1, 5_000);
+        let change = ScriptBuf::new_p2wpkh(&CompressedPublicKey(key).wpubkey_hash());
+        refused(sign(pay(change.clone())), "destination_not_allowed");
+        let mut proven = pay(change.clone());
+        proven.outputs[0]
+            .bip32_derivation
+            .insert(key, (fingerprint, path.clone()));
+        assert!(matches!(sign(proven), Ok(Response::Psbt(_))));
+        // A key origin of the wallet does not vouch for another script.
+        let mut lying = pay(foreign.clone());
+        lying.outputs[0]
+            .bip32_derivation
+            .insert(key, (fingerprint, path));
+        refused(sign(lying), "destination_not_allowed");
+
+        // A channel's funding: only of an approved open we fund, its value, to a 2-of-2 with
+        // its funding key, in one transaction.
+        let ch = Channel::approved(&signer, 3, true, 0);
+        let unapproved = Channel::unapproved(&signer, 4, true);
+        let inbound = Channel::open(&signer, 5);
+        for other in [&unapproved, &inbound] {
+            refused(
+                sign(funding_psbt(6, CHANNEL_SAT, other.funding_redeemscript())),
+                "destination_not_allowed",
+            );
+        }
+        refused(
+            sign(funding_psbt(6, CHANNEL_SAT - 1, ch.funding_redeemscript())),
+            "destination_not_allowed",
+        );
+        let peers_only = make_funding_redeemscript(
+            &ch.peer_pubkeys().funding_pubkey,
+            &inbound.peer_pubkeys().funding_pubkey,
+        );
+        refused(
+            sign(funding_psbt(6, CHANNEL_SAT, peers_only)),
+            "destination_not_allowed",
+        );
+        let mut hidden = funding_psbt(6, CHANNEL_SAT, ch.funding_redeemscript());
+        hidden.outputs[0].witness_script = None;
+        refused(sign(hidden), "destination_not_allowed");
+        // A refused request recorded nothing: the channel is not funded yet.
+        let funding = funding_psbt(6, CHANNEL_SAT, ch.funding_redeemscript());
+        let txid = funding.unsigned_tx.compute_txid();
+        let unfunded = Channel {
+            params: ChannelTransactionParameters {
+                funding_outpoint: Some(OutPoint { txid, index: 0 }),
+                ..ch.params.clone()
+            },
+            peer: ch.peer.clone(),
+            secp: Secp256k1::new(),
+            ..ch
+        };
+        let first = || unfunded.counterparty_tx(TOP, CHANNEL_SAT - 10_000, vec![]);
+        refused(
+            unfunded.sign_counterparty(&signer, first()),
+            "funding_not_approved",
+        );
+        assert!(matches!(sign(funding.clone()), Ok(Response::Psbt(_))));
+        // The same transaction again (a retry) signs; another one for the same open does not.
+        assert!(matches!(sign(funding), Ok(Response::Psbt(_))));
+        refused(
+            sign(funding_psbt(
+                7,
+                CHANNEL_SAT,
+                unfunded.funding_redeemscript(),
+            )),
+            "destination_not_allowed",
+        );
+        // The channel must be funded by that transaction.
+        let elsewhere = Channel {
+            params: ChannelTransactionParameters {
+                funding_outpoint: Some(OutPoint {
+                    txid: Txid::from_byte_array([8; 32]),
+                    index: 0,
+                }),
+                ..unfunded.params.clone()
+            },
+            peer: unfunded.peer.clone(),
+            secp: Secp256k1::new(),
+            ..unfunded
+        };
+        refused(
+            elsewhere.sign_counterparty(
+                &signer,
+                elsewhere.counterparty_tx(TOP, CHANNEL_SAT - 10_000, vec![]),
+            ),
+            "funding_not_approved",
+        );
+        unfunded
+            .sign_counterparty(&signer, first())
+            .expect("the funded channel signs");
+    }
+
+    #[test]
+    fn the_signer_signs_only_for_channels_whose_open_it_approved() {
+        let signer = signer();
+        let ch = Channel::unapproved(&signer, 1, false);
+        let tx = || ch.counterparty_tx(TOP, 100_000, vec![]);
+        refused(ch.sign_counterparty(&signer, tx()), "channel_not_approved");
+        let holder = ch.holder_tx(&signer, TOP, vec![]);
+        refused(
+            signer.handle(Request::ValidateHolderCommitment {
+                keys_id: ch.keys_id,
+                params: None,
+                tx: holder.clone(),
+                outbound_preimages: vec![],
+            }),
+            "channel_not_approved",
+        );
+        refused(ch.validate_holder(&signer, holder), "channel_not_approved");
+        // Approved for another value or direction: not this channel.
+        let approve = |value_sat, outbound| {
+            signer.handle(Request::ApproveChannelOpen {
+                peer: ldk_keys(&PEER_SEED)
+                    .get_node_id(Recipient::Node)
+                    .expect("peer"),
+                value_sat,
+                push_msat: 0,
+                keys_id: ch.keys_id,
+                outbound,
+            })
+        };
+        assert!(matches!(
+            approve(CHANNEL_SAT + 1, false),
+            Ok(Response::Accepted)
+        ));
+        refused(ch.sign_counterparty(&signer, tx()), "channel_not_approved");
+        // A key set serves one channel; the same approval again is answered the same.
+        refused(approve(CHANNEL_SAT, false), "channel_keys_in_use");
+        let ch = Channel::unapproved(&signer, 2, false);
+        let tx = || ch.counterparty_tx(TOP, 100_000, vec![]);
+        assert!(matches!(
+            signer.handle(ch.approval(0)),
+            Ok(Response::Accepted)
+        ));
+        assert!(matches!(
+            signer.handle(ch.approval(0)),
+            Ok(Response::Accepted)
+        ));
+        ch.sign_counterparty(&signer, tx()).expect("approved");
+    }
+
+    #[test]
+    fn a_channel_we_fund_starts_with_its_value_less_what_we_push() {
+        let signer = signer();
+        // 10,000 sat pushed; the peer's first commitment leaves us the rest less its fee
+        // (10,000 sat with the anchors).
+        let ch = Channel::open_funded(&signer, 1, 10_000_000);
+        let full = CHANNEL_SAT - 10_000 - 10_000;
+        let peer_side = |to_us: u64| CHANNEL_SAT - to_us - 10_000;
+        assert_eq!(peer_side(full), 10_000);
+        refused(
+            ch.sign_counterparty(&signer, ch.counterparty_tx(TOP, full - 2, vec![])),
+            "balance_moved_without_htlc",
+        );
+        ch.sign_counterparty(&signer, ch.counterparty_tx(TOP, full, vec![]))
+            .expect("the approved push");
+        // The push is an outgoing payment: the per-payment limit applies.
+        let big = Channel::unapproved(&signer, 2, true);
+        refused(signer.handle(big.approval(50_000_001)), "max_payment");
+        refused(
+            signer.handle(big.approval(CHANNEL_SAT * 1000 + 1)),
+            "invalid_channel_open",
+        );
+    }
+
     #[test]
     fn channel_opens_only_with_allowed_peers() {
         let peer = PublicKey::from_secret_key(
             &Secp256k1::new(),
             &SecretKey::from_slice(&[4; 32]).expect("key"),
         );
-        let open = |signer: &SeedSigner, peer| {
+        let open = |signer: &SeedSigner, peer, keys_id| {
             signer.handle(Request::ApproveChannelOpen {
                 peer,
                 value_sat: 100_000,
+                push_msat: 0,
+                keys_id,
+                outbound: true,
             })
         };
-        assert!(matches!(open(&signer(), peer), Ok(Response::Accepted)));
+        assert!(matches!(
+            open(&signer(), peer, [1; 32]),
+            Ok(Response::Accepted)
+        ));
         let mut policy = Policy::new(limits());
         policy.allowed_peers = Some([peer].into_iter().collect());
         let strict = signer_with(policy, Box::new(MemoryStateStore::new()));
-        assert!(matches!(open(&strict, peer), Ok(Response::Accepted)));
-        refused(open(&strict, strict.node_id()), "peer_not_allowed");
+        assert!(matches!(
+            open(&strict, peer, [1; 32]),
+            Ok(Response::Accepted)
+        ));
+        refused(open(&strict, strict.node_id(), [2; 32]), "peer_not_allowed");
     }
 
     #[test]
     fn bad_data_from_the_host_is_malformed_not_a_panic() {
         let signer = signer();
         let ch = Channel::open(&signer, 10);
+        let before = signer.state();
         let tx = ch.counterparty_tx(TOP - 1, 100_000, vec![]);
         let mut unpopulated = ch.params.clone();
         unpopulated.counterparty_parameters = None;
@@ -2046,7 +2411,7 @@ mod tests {
             );
         }
         // Nothing was recorded by the failed requests.
-        assert_eq!(signer.state(), SignerState::default());
+        assert_eq!(signer.state(), before);
     }
 
     #[test]

@@ -40,9 +40,27 @@ pub struct SignedCommitment {
     pub point: Option<PublicKey>,
 }
 
+/// A channel open the signer approved for a key set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelOpen {
+    pub peer: PublicKey,
+    pub value_sat: u64,
+    /// What we give the peer at the start (ours to give only when we fund).
+    pub push_msat: u64,
+    /// Funded by us from the wallet (else by the peer).
+    pub outbound: bool,
+    /// The wallet transaction the signer signed to fund it (outbound only): the channel's
+    /// funding outpoint must be in it.
+    #[serde(default, with = "hex32_opt")]
+    pub funding_txid: Option<[u8; 32]>,
+}
+
 /// What the signer remembers about one channel (by its keys id).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelState {
+    /// The approved open: the signer signs nothing for a channel without one.
+    #[serde(default)]
+    pub open: Option<ChannelOpen>,
     /// The channel's parameters (LDK's encoding, hex) when the signer first signed for it: both
     /// sides' keys, funding outpoint and value. Every later request must name the same, and
     /// holder commitments sent without parameters are checked against these.
@@ -387,6 +405,23 @@ mod hex32 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let text = String::deserialize(d)?;
         <[u8; 32]>::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex32_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => super::hex32::serialize(value, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        #[derive(Deserialize)]
+        struct Hex(#[serde(with = "super::hex32")] [u8; 32]);
+        Ok(Option::<Hex>::deserialize(d)?.map(|Hex(value)| value))
     }
 }
 

@@ -10,7 +10,7 @@ use bdk_wallet::descriptor::{Descriptor, DescriptorPublicKey};
 use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpriv, Xpub};
 use bitcoin::psbt::SigningKeys;
 use bitcoin::secp256k1::{All, Secp256k1};
-use bitcoin::{Network, Psbt};
+use bitcoin::{psbt, CompressedPublicKey, Network, Psbt, Script, ScriptBuf};
 
 use crate::wallet::{WalletError, WalletSigner};
 
@@ -18,6 +18,8 @@ use crate::wallet::{WalletError, WalletSigner};
 pub struct SeedWalletSigner {
     master: Xpriv,
     fingerprint: Fingerprint,
+    account_path: DerivationPath,
+    account: Xpriv,
     external: String,
     internal: String,
     secp: Secp256k1<All>,
@@ -50,8 +52,34 @@ impl SeedWalletSigner {
             internal: descriptor(1)?,
             master,
             fingerprint,
+            account_path,
+            account,
             secp,
         })
+    }
+
+    /// Whether a PSBT output pays this wallet: its key origin (bdk fills it for change) is a
+    /// key of the wallet's receive or change chain, and `script` pays that key. Any address
+    /// of the wallet is recognised, however far the host's wallet has gone.
+    pub fn owns_output(&self, output: &psbt::Output, script: &Script) -> bool {
+        output
+            .bip32_derivation
+            .iter()
+            .any(|(key, (fingerprint, path))| {
+                let Some((account, [chain, index])) = path.as_ref().split_last_chunk::<2>() else {
+                    return false;
+                };
+                let wallet_path = *fingerprint == self.fingerprint
+                    && account == self.account_path.as_ref()
+                    && matches!(chain, ChildNumber::Normal { index: 0 | 1 })
+                    && index.is_normal();
+                wallet_path
+                    && self
+                        .account
+                        .derive_priv(&self.secp, &[*chain, *index])
+                        .is_ok_and(|child| child.private_key.public_key(&self.secp) == *key)
+                    && *script == ScriptBuf::new_p2wpkh(&CompressedPublicKey(*key).wpubkey_hash())
+            })
     }
 }
 

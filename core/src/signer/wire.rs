@@ -256,12 +256,19 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
             amount_msat: *amount_msat,
             destination: destination.serialize().to_vec(),
         }),
-        Request::ApproveChannelOpen { peer, value_sat } => {
-            Body::ApproveChannelOpen(proto::ApproveChannelOpen {
-                peer: peer.serialize().to_vec(),
-                value_sat: *value_sat,
-            })
-        }
+        Request::ApproveChannelOpen {
+            peer,
+            value_sat,
+            push_msat,
+            keys_id,
+            outbound,
+        } => Body::ApproveChannelOpen(proto::ApproveChannelOpen {
+            peer: peer.serialize().to_vec(),
+            value_sat: *value_sat,
+            push_msat: *push_msat,
+            keys_id: keys_id.to_vec(),
+            outbound: *outbound,
+        }),
     };
     proto::RequestEnvelope {
         id,
@@ -420,6 +427,9 @@ fn decode_body(body: Body) -> Result<Request, SignerError> {
         Body::ApproveChannelOpen(m) => Request::ApproveChannelOpen {
             peer: key(&m.peer, "peer")?,
             value_sat: m.value_sat,
+            push_msat: m.push_msat,
+            keys_id: bytes32(&m.keys_id, "keys_id")?,
+            outbound: m.outbound,
         },
     })
 }
@@ -889,6 +899,9 @@ mod tests {
             Request::ApproveChannelOpen {
                 peer: point(53),
                 value_sat: 2_000_000,
+                push_msat: 5_000,
+                keys_id: [54; 32],
+                outbound: true,
             },
         ]
     }

@@ -4,24 +4,30 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bdk_wallet::error::CreateTxError;
 use bdk_wallet::SignOptions;
-use bitcoin::{Address, Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
+use bitcoin::{Address, Amount, FeeRate, OutPoint, Script, ScriptBuf, Transaction};
 
 use super::{OnchainWallet, WalletError};
 
 impl OnchainWallet {
-    /// Builds and signs a transaction paying exactly `amount` to `script` (LDK channel funding),
-    /// change to the wallet.
+    /// Builds and signs a transaction paying exactly `amount` to the P2WSH of `witness_script`
+    /// (LDK channel funding: the 2-of-2 of both funding keys), change to the wallet. The PSBT
+    /// names the witness script, so the signer can tell the output is a channel it approved.
     ///
     /// The transaction's inputs are reserved (not chosen again) until it is passed to
     /// [`transaction_broadcast`](Self::transaction_broadcast) or
     /// [`release_reservation`](Self::release_reservation), or the process restarts.
     pub fn build_funding_tx(
         &self,
-        script: ScriptBuf,
+        witness_script: &Script,
         amount: Amount,
         feerate: FeeRate,
     ) -> Result<Transaction, WalletError> {
-        self.build_signed(script, amount, feerate)
+        self.build_signed(
+            witness_script.to_p2wsh(),
+            Some(witness_script),
+            amount,
+            feerate,
+        )
     }
 
     /// Builds and signs a transaction paying `amount` to `to`, change to the wallet. Inputs are
@@ -38,7 +44,7 @@ impl OnchainWallet {
                 self.network
             )));
         }
-        self.build_signed(to.script_pubkey(), amount, feerate)
+        self.build_signed(to.script_pubkey(), None, amount, feerate)
     }
 
     /// Tells the wallet about a transaction it made/received before it confirms (unconfirmed
@@ -70,6 +76,7 @@ impl OnchainWallet {
     fn build_signed(
         &self,
         script: ScriptBuf,
+        witness_script: Option<&Script>,
         amount: Amount,
         feerate: FeeRate,
     ) -> Result<Transaction, WalletError> {
@@ -97,7 +104,12 @@ impl OnchainWallet {
                 .add_recipient(script.clone(), amount)
                 .fee_rate(feerate)
                 .unspendable(unspendable);
-            let psbt = builder.finish().map_err(create_error)?;
+            let mut psbt = builder.finish().map_err(create_error)?;
+            for (txout, output) in psbt.unsigned_tx.output.iter().zip(&mut psbt.outputs) {
+                if txout.script_pubkey == script {
+                    output.witness_script = witness_script.map(Script::to_owned);
+                }
+            }
             // The change address revealed by the builder is durable before the tx can exist.
             inner.persist()?;
             for input in &psbt.unsigned_tx.input {

@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use bdk_wallet::chain::BlockId;
 use bdk_wallet::KeychainKind;
-use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{Message, Secp256k1};
 use bitcoin::sighash::SighashCache;
-use bitcoin::{Amount, FeeRate, Network, OutPoint, ScriptBuf, Transaction, TxOut, WScriptHash};
+use bitcoin::{Amount, FeeRate, Network, OutPoint, ScriptBuf, Transaction, TxOut};
 use lightning::chain::{BestBlock, Listen};
 use lightning::sign::ChangeDestinationSourceSync;
 
@@ -24,8 +23,9 @@ fn btc(v: f64) -> Amount {
 }
 
 /// A stand-in channel funding script.
-fn p2wsh(tag: u8) -> ScriptBuf {
-    ScriptBuf::new_p2wsh(&WScriptHash::from_byte_array([tag; 32]))
+/// A stand-in for a funding output's witness script.
+fn witness(tag: u8) -> ScriptBuf {
+    ScriptBuf::from_bytes(vec![tag; 8])
 }
 
 fn feerate() -> FeeRate {
@@ -162,10 +162,10 @@ fn funding_tx_pays_exactly_and_is_fully_signed() {
     let mut chain = Chain::new();
     let funding = fund(&wallet, &mut chain, 1, btc(1.0));
 
-    let script = p2wsh(0x42);
+    let script = witness(0x42).to_p2wsh();
     let amount = Amount::from_sat(250_000);
     let tx = wallet
-        .build_funding_tx(script.clone(), amount, feerate())
+        .build_funding_tx(&witness(0x42), amount, feerate())
         .unwrap();
 
     let to_script: Vec<&TxOut> = tx
@@ -216,8 +216,8 @@ fn insufficient_funds_is_a_typed_error() {
     let mut chain = Chain::new();
     fund(&wallet, &mut chain, 1, btc(1.0));
 
-    let script = p2wsh(1);
-    match wallet.build_funding_tx(script, btc(2.0), feerate()) {
+    let script = witness(1);
+    match wallet.build_funding_tx(&script, btc(2.0), feerate()) {
         Err(WalletError::InsufficientFunds { needed, available }) => {
             assert!(needed > btc(2.0), "needed {needed}");
             assert!(
@@ -228,8 +228,10 @@ fn insufficient_funds_is_a_typed_error() {
         other => panic!("expected InsufficientFunds, got {other:?}"),
     }
     // Nothing was reserved by the failed attempt.
-    let script = p2wsh(2);
-    assert!(wallet.build_funding_tx(script, btc(0.5), feerate()).is_ok());
+    let script = witness(2);
+    assert!(wallet
+        .build_funding_tx(&script, btc(0.5), feerate())
+        .is_ok());
 }
 
 #[test]
@@ -238,19 +240,19 @@ fn bad_requests_are_refused() {
     let wallet = open(&kv, signer(1), genesis_id());
     let mut chain = Chain::new();
     fund(&wallet, &mut chain, 1, btc(1.0));
-    let script = p2wsh(3);
+    let script = witness(3);
 
-    let zero = wallet.build_funding_tx(script.clone(), Amount::ZERO, feerate());
+    let zero = wallet.build_funding_tx(&script, Amount::ZERO, feerate());
     assert!(
         matches!(zero, Err(WalletError::InvalidInput(_))),
         "{zero:?}"
     );
-    let dust = wallet.build_funding_tx(script.clone(), Amount::from_sat(10), feerate());
+    let dust = wallet.build_funding_tx(&script, Amount::from_sat(10), feerate());
     assert!(
         matches!(dust, Err(WalletError::InvalidInput(_))),
         "{dust:?}"
     );
-    let free = wallet.build_funding_tx(script, btc(0.1), FeeRate::ZERO);
+    let free = wallet.build_funding_tx(&script, btc(0.1), FeeRate::ZERO);
     assert!(
         matches!(free, Err(WalletError::InvalidInput(_))),
         "{free:?}"
@@ -284,10 +286,10 @@ fn built_inputs_are_reserved_until_broadcast_or_released() {
     fund(&wallet, &mut chain, 2, btc(1.0));
 
     let first = wallet
-        .build_funding_tx(p2wsh(1), btc(0.6), feerate())
+        .build_funding_tx(&witness(1), btc(0.6), feerate())
         .unwrap();
     let second = wallet
-        .build_funding_tx(p2wsh(2), btc(0.6), feerate())
+        .build_funding_tx(&witness(2), btc(0.6), feerate())
         .unwrap();
     let inputs = |tx: &Transaction| -> Vec<OutPoint> {
         tx.input.iter().map(|i| i.previous_output).collect()
@@ -296,13 +298,13 @@ fn built_inputs_are_reserved_until_broadcast_or_released() {
         .iter()
         .all(|op| !inputs(&second).contains(op)));
     assert!(matches!(
-        wallet.build_funding_tx(p2wsh(3), btc(0.6), feerate()),
+        wallet.build_funding_tx(&witness(3), btc(0.6), feerate()),
         Err(WalletError::InsufficientFunds { .. })
     ));
 
     wallet.release_reservation(&second).unwrap();
     let third = wallet
-        .build_funding_tx(p2wsh(3), btc(0.6), feerate())
+        .build_funding_tx(&witness(3), btc(0.6), feerate())
         .unwrap();
     assert_eq!(inputs(&third), inputs(&second));
 
@@ -311,7 +313,7 @@ fn built_inputs_are_reserved_until_broadcast_or_released() {
     drop(wallet);
     let wallet = open(&kv, signer(1), genesis_id());
     let fourth = wallet
-        .build_funding_tx(p2wsh(4), btc(0.6), feerate())
+        .build_funding_tx(&witness(4), btc(0.6), feerate())
         .unwrap();
     assert!(inputs(&fourth)
         .iter()
@@ -516,9 +518,9 @@ fn change_destinations_are_fresh_and_recognised() {
     // A change output built now does not reuse a script handed to the sweeper.
     let mut chain = Chain::new();
     fund(&wallet, &mut chain, 1, btc(1.0));
-    let target = p2wsh(8);
+    let target = witness(8);
     let tx = wallet
-        .build_funding_tx(target, btc(0.1), feerate())
+        .build_funding_tx(&target, btc(0.1), feerate())
         .unwrap();
     assert!(tx
         .output
@@ -733,8 +735,8 @@ fn unsigned_inputs_fail_the_build_and_release_coins() {
     .unwrap();
     let mut chain = Chain::new();
     fund(&lazy, &mut chain, 1, btc(1.0));
-    let script = p2wsh(6);
-    let result = lazy.build_funding_tx(script.clone(), btc(0.9), feerate());
+    let script = witness(6);
+    let result = lazy.build_funding_tx(&script, btc(0.9), feerate());
     assert!(matches!(result, Err(WalletError::Signing(_))), "{result:?}");
     assert!(lazy.read().reserved.is_empty());
 }
