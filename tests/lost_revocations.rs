@@ -1,9 +1,9 @@
-//! Revocations the signer never received separately still reach it, across a host restart.
+//! The peer's revocations reach the signer with the next commitment, across a host restart.
 //!
 //! The signer signs a new counterparty commitment only once the peer revoked the one before
-//! the last. Here the signers drop every standalone revocation the host sends them (as if each
-//! were lost while the signer was away), so they learn revocations only from the copy the host
-//! attaches to the next commitment. Payments go through before a host restart and after it:
+//! the last, and learns revocations only from the copy the host attaches to the next
+//! counterparty commitment it asks for (the host sends them nowhere else; these signers count
+//! both ways, and would see a standalone one). Payments go through before a host restart and after it:
 //! after it only because the host saved the latest revocation with the monitor update that
 //! recorded it (without that, the first commitment after the restart is refused with
 //! `counterparty_not_revoked` and the payment fails). Real btcd, real LDK peers over TCP; the
@@ -32,13 +32,14 @@ const CHANNEL_SAT: u64 = 1_000_000;
 const PAYMENT_MSAT: u64 = 5_000_000;
 const PAYMENTS_EACH_SIDE_OF_RESTART: u64 = 3;
 
-/// A signer that never sees the host's standalone revocations.
-struct DropsRevocations {
+/// A signer that counts how the peer's revocations reach it.
+struct CountsRevocations {
     signer: SeedSigner,
-    dropped: AtomicU64,
+    attached: AtomicU64,
+    standalone: AtomicU64,
 }
 
-impl Handler for DropsRevocations {
+impl Handler for CountsRevocations {
     fn node_id(&self) -> PublicKey {
         self.signer.node_id()
     }
@@ -52,28 +53,35 @@ impl Handler for DropsRevocations {
     }
 
     fn handle(&self, request: Request) -> Result<Response, SignerError> {
-        if let Request::ValidateCounterpartyRevocation { .. } = request {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return Ok(Response::Accepted);
-        }
+        match &request {
+            Request::SignCounterpartyCommitment {
+                revocation: Some(_),
+                ..
+            } => self.attached.fetch_add(1, Ordering::Relaxed),
+            Request::ValidateCounterpartyRevocation { .. } => {
+                self.standalone.fetch_add(1, Ordering::Relaxed)
+            }
+            _ => 0,
+        };
         self.signer.handle(request)
     }
 }
 
-fn signer(seed: u8) -> Arc<DropsRevocations> {
+fn signer(seed: u8) -> Arc<CountsRevocations> {
     let state = Box::new(MemoryStateStore::new());
     let signer =
         SeedSigner::new(&[seed; 32], Network::Regtest, Policy::default(), state).expect("signer");
-    Arc::new(DropsRevocations {
+    Arc::new(CountsRevocations {
         signer,
-        dropped: AtomicU64::new(0),
+        attached: AtomicU64::new(0),
+        standalone: AtomicU64::new(0),
     })
 }
 
 async fn start(
     chain: &Regtest,
     db: &Path,
-    signers: &[Arc<DropsRevocations>],
+    signers: &[Arc<CountsRevocations>],
 ) -> (Arc<Host>, Vec<Arc<Node>>) {
     // A host that just shut down lets go of the database once its aborted tasks are gone.
     let mut tries = 0;
@@ -170,15 +178,19 @@ async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_res
     for n in 0..PAYMENTS_EACH_SIDE_OF_RESTART {
         pay(payer, payee, n).await;
     }
-    let before_restart: u64 = signers
-        .iter()
-        .map(|s| s.dropped.load(Ordering::Relaxed))
-        .sum();
-    // Each payment: every side takes the peer's revocation twice (the last may still be on
-    // its way when the payer learns the outcome).
+    let count = |counter: fn(&CountsRevocations) -> &AtomicU64| -> u64 {
+        signers
+            .iter()
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
+    };
+    let before_restart = count(|s| &s.attached);
+    // Each payment: every side asks for two counterparty commitments, each after the peer's
+    // revocation of an earlier one (the last may still be on its way when the payer learns
+    // the outcome).
     assert!(
         before_restart >= 3 * PAYMENTS_EACH_SIDE_OF_RESTART,
-        "revocations dropped: {before_restart}"
+        "revocations attached: {before_restart}"
     );
 
     host.shutdown().await;
@@ -189,14 +201,11 @@ async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_res
     for n in PAYMENTS_EACH_SIDE_OF_RESTART..2 * PAYMENTS_EACH_SIDE_OF_RESTART {
         pay(payer, payee, n).await;
     }
-    let dropped: u64 = signers
-        .iter()
-        .map(|s| s.dropped.load(Ordering::Relaxed))
-        .sum();
     assert!(
-        dropped > before_restart,
-        "revocations dropped after the restart"
+        count(|s| &s.attached) > before_restart,
+        "revocations attached after the restart"
     );
+    assert_eq!(count(|s| &s.standalone), 0, "no revocation sent on its own");
     // Every payment moved the balance once (no fees on a direct channel).
     let paid = 2 * PAYMENTS_EACH_SIDE_OF_RESTART * PAYMENT_MSAT;
     assert_eq!(outbound_msat(payer), start_msat - paid);

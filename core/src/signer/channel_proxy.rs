@@ -211,17 +211,16 @@ impl ChannelSigner for RemoteChannelSigner {
         Ok(())
     }
 
+    /// Kept, not sent: the signer needs the peer's revocation only before the next
+    /// counterparty commitment it signs, and that request carries it (saved with the monitor
+    /// update that records it, `revocations.rs`). A request and a signer state commit fewer
+    /// per revocation.
     fn validate_counterparty_revocation(&self, idx: u64, secret: &SecretKey) -> Result<(), ()> {
         let revocation = Revocation {
             idx,
             secret: secret.secret_bytes(),
         };
         self.revocations.record(self.keys_id, revocation);
-        let request = Request::ValidateCounterpartyRevocation {
-            keys_id: self.keys_id,
-            revocation,
-        };
-        self.send_validation(request);
         Ok(())
     }
 
