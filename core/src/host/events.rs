@@ -295,22 +295,22 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                     .map_err(HostError::from),
                 Err(e) => Err(e.into()),
             };
-            match approval {
-                Ok(_) => node.channel_manager.accept_inbound_channel(
+            let accepted = approval.and_then(|_| {
+                Ok(node.channel_manager.accept_inbound_channel(
                     &temporary_channel_id,
                     &counterparty_node_id,
                     user_channel_id,
                     None,
-                )?,
-                Err(e) => {
-                    node.keys.release_channel_keys(user_channel_id);
-                    tracing::warn!(node = %node.alias, peer = %counterparty_node_id, error = %e, "inbound channel refused");
-                    node.channel_manager.force_close_broadcasting_latest_txn(
-                        &temporary_channel_id,
-                        &counterparty_node_id,
-                        format!("channel refused: {e}"),
-                    )?;
-                }
+                )?)
+            });
+            if let Err(e) = accepted {
+                node.keys.release_channel_keys(user_channel_id);
+                tracing::warn!(node = %node.alias, peer = %counterparty_node_id, error = %e, "inbound channel refused");
+                node.channel_manager.force_close_broadcasting_latest_txn(
+                    &temporary_channel_id,
+                    &counterparty_node_id,
+                    format!("channel refused: {e}"),
+                )?;
             }
         }
         Event::PaymentPathFailed { .. } | Event::PaymentPathSuccessful { .. } => {}

@@ -385,11 +385,11 @@ impl Policy {
             ..open
         };
         if let Some(channel) = state.channels.get(keys_id) {
-            if channel.open.map(|o| ChannelOpen {
+            let unfunded = |o: ChannelOpen| ChannelOpen {
                 funding_txid: None,
                 ..o
-            }) == Some(open)
-            {
+            };
+            if channel.open.is_some_and(|o| unfunded(o) == open) {
                 return Ok(());
             }
             return Err(Refusal::new(

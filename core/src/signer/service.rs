@@ -731,25 +731,7 @@ impl SeedSigner {
         let built = trusted.built_transaction();
         // Anchors are the funder's cost like the fee (taken from its balance whether or not
         // they appear): counted with the fee, not as anyone's balance.
-        let anchors = if params
-            .channel_type_features
-            .supports_anchors_zero_fee_htlc_tx()
-            || params
-                .channel_type_features
-                .supports_anchor_zero_fee_commitments()
-        {
-            let counterparty = params
-                .counterparty_pubkeys()
-                .map(|k| k.funding_pubkey)
-                .ok_or_else(|| self.malformed(kind, "no counterparty keys"))?;
-            vec![
-                get_keyed_anchor_redeemscript(&params.holder_pubkeys.funding_pubkey).to_p2wsh(),
-                get_keyed_anchor_redeemscript(&counterparty).to_p2wsh(),
-                shared_anchor_script_pubkey(),
-            ]
-        } else {
-            Vec::new()
-        };
+        let anchors = anchor_scripts(&params);
         let outputs_sat = built
             .transaction
             .output
@@ -1114,6 +1096,22 @@ fn inbound_payment_key(seed: &[u8; 32], secp: &Secp256k1<All>) -> Result<[u8; 32
         .derive_priv(secp, &[ChildNumber::Hardened { index: 5 }])
         .map_err(err)?;
     Ok(key.private_key.secret_bytes())
+}
+
+/// The scripts of a commitment's anchor outputs (none for a channel without anchors).
+fn anchor_scripts(params: &ChannelTransactionParameters) -> Vec<ScriptBuf> {
+    let features = &params.channel_type_features;
+    if !features.supports_anchors_zero_fee_htlc_tx()
+        && !features.supports_anchor_zero_fee_commitments()
+    {
+        return Vec::new();
+    }
+    [Some(&params.holder_pubkeys), params.counterparty_pubkeys()]
+        .into_iter()
+        .flatten()
+        .map(|keys| get_keyed_anchor_redeemscript(&keys.funding_pubkey).to_p2wsh())
+        .chain([shared_anchor_script_pubkey()])
+        .collect()
 }
 
 /// The first `count` scripts of the wallet's external and internal chains, as
