@@ -3,7 +3,8 @@
 //! The signer signs a new counterparty commitment only once the peer revoked the one before
 //! the last, and learns revocations only from the copy the host attaches to the next
 //! counterparty commitment it asks for (the host sends them nowhere else; these signers count
-//! both ways, and would see a standalone one). Payments go through before a host restart and after it:
+//! both ways, and would see a standalone one). Holder commitments likewise ride on the next
+//! secret release. Payments go through before a host restart and after it:
 //! after it only because the host saved the latest revocation with the monitor update that
 //! recorded it (without that, the first commitment after the restart is refused with
 //! `counterparty_not_revoked` and the payment fails). Real btcd, real LDK peers over TCP; the
@@ -32,10 +33,11 @@ const CHANNEL_SAT: u64 = 1_000_000;
 const PAYMENT_MSAT: u64 = 5_000_000;
 const PAYMENTS_EACH_SIDE_OF_RESTART: u64 = 3;
 
-/// A signer that counts how the peer's revocations reach it.
+/// A signer that counts how the peer's revocations and holder commitments reach it.
 struct CountsRevocations {
     signer: SeedSigner,
     attached: AtomicU64,
+    holders_attached: AtomicU64,
     standalone: AtomicU64,
 }
 
@@ -58,7 +60,11 @@ impl Handler for CountsRevocations {
                 revocation: Some(_),
                 ..
             } => self.attached.fetch_add(1, Ordering::Relaxed),
-            Request::ValidateCounterpartyRevocation { .. } => {
+            Request::ReleaseCommitmentSecret {
+                holder: Some(_), ..
+            } => self.holders_attached.fetch_add(1, Ordering::Relaxed),
+            Request::ValidateCounterpartyRevocation { .. }
+            | Request::ValidateHolderCommitment { .. } => {
                 self.standalone.fetch_add(1, Ordering::Relaxed)
             }
             _ => 0,
@@ -74,6 +80,7 @@ fn signer(seed: u8) -> Arc<CountsRevocations> {
     Arc::new(CountsRevocations {
         signer,
         attached: AtomicU64::new(0),
+        holders_attached: AtomicU64::new(0),
         standalone: AtomicU64::new(0),
     })
 }
@@ -192,6 +199,12 @@ async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_res
         before_restart >= 3 * PAYMENTS_EACH_SIDE_OF_RESTART,
         "revocations attached: {before_restart}"
     );
+    // And every side releases two secrets, each with the holder commitment that replaces it.
+    let holders = count(|s| &s.holders_attached);
+    assert!(
+        holders >= 3 * PAYMENTS_EACH_SIDE_OF_RESTART,
+        "holder commitments attached: {holders}"
+    );
 
     host.shutdown().await;
     drop((host, nodes));
@@ -205,7 +218,15 @@ async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_res
         count(|s| &s.attached) > before_restart,
         "revocations attached after the restart"
     );
-    assert_eq!(count(|s| &s.standalone), 0, "no revocation sent on its own");
+    assert!(
+        count(|s| &s.holders_attached) > holders,
+        "holder commitments attached after the restart"
+    );
+    assert_eq!(
+        count(|s| &s.standalone),
+        0,
+        "no revocation or holder commitment sent on its own"
+    );
     // Every payment moved the balance once (no fees on a direct channel).
     let paid = 2 * PAYMENTS_EACH_SIDE_OF_RESTART * PAYMENT_MSAT;
     assert_eq!(outbound_msat(payer), start_msat - paid);

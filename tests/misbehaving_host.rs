@@ -27,7 +27,7 @@ use bitcoin::{
 use flotilla_core::signer::hub::SignerHub;
 use flotilla_core::signer::link::SignerLink;
 use flotilla_core::signer::protocol::{
-    ClosingParts, Handover, KeysId, Request, Response, Revocation, SignerError,
+    ClosingParts, Handover, HolderCommitment, KeysId, Request, Response, Revocation, SignerError,
 };
 use flotilla_core::signer::tls::HubTls;
 use flotilla_tests::{flotilla_bin, write_seed};
@@ -506,9 +506,11 @@ impl Channel {
     fn validate_holder(&self, tx: HolderCommitmentTransaction) -> Request {
         Request::ValidateHolderCommitment {
             keys_id: self.keys_id,
-            params: Some(self.params.clone()),
-            tx,
-            outbound_preimages: vec![],
+            holder: HolderCommitment {
+                params: Some(self.params.clone()),
+                tx,
+                outbound_preimages: vec![],
+            },
         }
     }
 
@@ -516,9 +518,11 @@ impl Channel {
     fn validate_holder_without_params(&self, tx: HolderCommitmentTransaction) -> Request {
         Request::ValidateHolderCommitment {
             keys_id: self.keys_id,
-            params: None,
-            tx,
-            outbound_preimages: vec![],
+            holder: HolderCommitment {
+                params: None,
+                tx,
+                outbound_preimages: vec![],
+            },
         }
     }
 
@@ -526,6 +530,7 @@ impl Channel {
         Request::ReleaseCommitmentSecret {
             keys_id: self.keys_id,
             idx,
+            holder: None,
         }
     }
 

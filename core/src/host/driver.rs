@@ -178,7 +178,7 @@ fn save(node: &Node) -> Result<(), lightning::io::Error> {
         &node.persister,
         &node.chain_monitor,
         &node.channel_manager,
-        node.keys.revocations(),
+        node.keys.carried(),
     )
 }
 

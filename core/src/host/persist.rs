@@ -36,8 +36,8 @@ use tokio::sync::Notify;
 
 use super::types::{ChainMonitor, ChannelManager, Keys, Logger};
 use crate::chain::{Broadcaster, FeeCache};
+use crate::signer::carried::Carried;
 use crate::signer::channel_proxy::RemoteChannelSigner;
-use crate::signer::revocations::Revocations;
 use crate::store::{KvStore, KvWrite};
 
 /// A monitor is written whole when an update id is a multiple of this (as LDK's own
@@ -254,13 +254,13 @@ pub(crate) fn save(
     persister: &MonitorPersister,
     chain_monitor: &ChainMonitor,
     manager: &ChannelManager,
-    revocations: &Revocations,
+    carried: &Carried,
 ) -> Result<(), lightning::io::Error> {
     // Taken before the manager is encoded: the manager knows every update taken here.
     let noted = std::mem::take(&mut *persister.noted());
-    // Taken after the updates: LDK hands a revocation to the signer proxy before it makes the
-    // update that records it, so each update saved here has its revocation saved with it.
-    let mut changes = revocations.unsaved();
+    // Taken after the updates: LDK hands a revocation or holder commitment to the signer proxy
+    // before it makes the update that records it, so each update saved here has it saved too.
+    let mut changes = carried.unsaved();
     let mut completed = Vec::with_capacity(noted.len());
     for (channel, n) in noted {
         if n.whole {

@@ -16,10 +16,10 @@ use lightning::sign::ecdsa::EcdsaChannelSigner;
 use lightning::sign::{ChannelSigner, HTLCDescriptor};
 use lightning::types::payment::PaymentPreimage;
 
+use super::carried::Carried;
 use super::link::SYNC_DEADLINE;
 use super::pending::{Key, Pending, Retry};
-use super::protocol::{ClosingParts, KeysId, Request, Response, Revocation};
-use super::revocations::Revocations;
+use super::protocol::{ClosingParts, HolderCommitment, KeysId, Request, Response, Revocation};
 
 /// How many per-commitment points are fetched ahead of the one LDK asks for.
 const POINTS_AHEAD: u32 = 4;
@@ -59,8 +59,9 @@ pub struct RemoteChannelSigner {
     points: Arc<PointCache>,
     /// The channel parameters of the last signing request, for validations (LDK gives none).
     params: Arc<Mutex<Option<ChannelTransactionParameters>>>,
-    /// The peers' latest revocations, repeated with each counterparty commitment to sign.
-    revocations: Arc<Revocations>,
+    /// The peer's latest revocation and holder commitment, repeated with the requests that
+    /// need them.
+    carried: Arc<Carried>,
 }
 
 impl RemoteChannelSigner {
@@ -69,7 +70,7 @@ impl RemoteChannelSigner {
         pubkeys: ChannelPublicKeys,
         pending: Arc<Pending>,
         points: Arc<PointCache>,
-        revocations: Arc<Revocations>,
+        carried: Arc<Carried>,
     ) -> Self {
         RemoteChannelSigner {
             keys_id,
@@ -77,7 +78,7 @@ impl RemoteChannelSigner {
             pending,
             points,
             params: Arc::new(Mutex::new(None)),
-            revocations,
+            carried,
         }
     }
 
@@ -88,6 +89,13 @@ impl RemoteChannelSigner {
             *last = Some(params.clone());
         }
         params.clone()
+    }
+
+    fn last_params(&self) -> Option<ChannelTransactionParameters> {
+        self.params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn key(&self, kind: &str, parts: &[&[u8]]) -> Key {
@@ -177,11 +185,21 @@ impl ChannelSigner for RemoteChannelSigner {
         }
     }
 
+    /// Carries the newest holder commitment: the signer releases only once the next one is
+    /// validated.
     fn release_commitment_secret(&self, idx: u64) -> Result<[u8; 32], ()> {
         let key = self.key("release", &[&idx.to_be_bytes()]);
+        let holder = self
+            .carried
+            .holder(&self.keys_id)
+            .map(|holder| HolderCommitment {
+                params: self.last_params(),
+                ..holder
+            });
         let request = Request::ReleaseCommitmentSecret {
             keys_id: self.keys_id,
             idx,
+            holder,
         };
         match self.pending.sign(key, Retry::Channels, request)? {
             Response::Secret(secret) => Ok(secret),
@@ -189,38 +207,30 @@ impl ChannelSigner for RemoteChannelSigner {
         }
     }
 
-    /// Not asynchronous in LDK: sent in order ahead of the next signing request, which the
-    /// signer refuses if this validation failed.
+    /// Kept, not sent: LDK asks for the previous commitment's secret right after, and that
+    /// request carries it (saved with the monitor update that records it, `carried.rs`).
     fn validate_holder_commitment(
         &self,
         holder_tx: &HolderCommitmentTransaction,
         outbound_htlc_preimages: Vec<PaymentPreimage>,
     ) -> Result<(), ()> {
-        let params = self
-            .params
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let request = Request::ValidateHolderCommitment {
-            keys_id: self.keys_id,
-            params,
+        let holder = HolderCommitment {
+            params: None,
             tx: holder_tx.clone(),
             outbound_preimages: outbound_htlc_preimages,
         };
-        self.send_validation(request);
+        self.carried.record_holder(self.keys_id, holder);
         Ok(())
     }
 
     /// Kept, not sent: the signer needs the peer's revocation only before the next
-    /// counterparty commitment it signs, and that request carries it (saved with the monitor
-    /// update that records it, `revocations.rs`). A request and a signer state commit fewer
-    /// per revocation.
+    /// counterparty commitment it signs, and that request carries it (`carried.rs`).
     fn validate_counterparty_revocation(&self, idx: u64, secret: &SecretKey) -> Result<(), ()> {
         let revocation = Revocation {
             idx,
             secret: secret.secret_bytes(),
         };
-        self.revocations.record(self.keys_id, revocation);
+        self.carried.record_revocation(self.keys_id, revocation);
         Ok(())
     }
 
@@ -243,20 +253,6 @@ impl ChannelSigner for RemoteChannelSigner {
     }
 }
 
-impl RemoteChannelSigner {
-    fn send_validation(&self, request: Request) {
-        let kind = request.kind();
-        self.pending.link().send(
-            request,
-            Box::new(move |answer| {
-                if let Err(e) = answer {
-                    tracing::warn!(kind, error = %e, "signer did not accept a validation");
-                }
-            }),
-        );
-    }
-}
-
 impl EcdsaChannelSigner for RemoteChannelSigner {
     fn sign_counterparty_commitment(
         &self,
@@ -274,7 +270,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             tx: commitment_tx.clone(),
             inbound_preimages: inbound_htlc_preimages,
             outbound_preimages: outbound_htlc_preimages,
-            revocation: self.revocations.latest(&self.keys_id),
+            revocation: self.carried.revocation(&self.keys_id),
         };
         match self.pending.sign(key, Retry::Channels, request)? {
             Response::CommitmentSignatures { commitment, htlcs } => Ok((commitment, htlcs)),

@@ -1,5 +1,6 @@
 //! Signing: the one interface through which nodes reach key material.
 
+pub mod carried;
 pub mod channel_proxy;
 pub mod config;
 pub mod dial;
@@ -11,7 +12,6 @@ pub mod node_proxy;
 pub mod pending;
 pub mod policy;
 pub mod protocol;
-pub mod revocations;
 pub mod seed;
 pub mod service;
 pub mod state;

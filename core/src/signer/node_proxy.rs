@@ -24,11 +24,11 @@ use lightning::util::persist::KVStoreSync;
 use lightning::util::ser::{Readable, Writeable};
 use lightning_invoice::RawBolt11Invoice;
 
+use super::carried::{Carried, CarriedError};
 use super::channel_proxy::{PointCache, RemoteChannelSigner};
 use super::link::{SignerLink, SYNC_DEADLINE};
 use super::pending::Pending;
 use super::protocol::{ChannelKeySet, Handover, KeysId, Request, Response, SignerError};
-use super::revocations::{Revocations, RevocationsError};
 use crate::wallet::{WalletError, WalletSigner};
 
 /// Key sets the host keeps unused, so opening a channel never waits for the signer.
@@ -46,7 +46,7 @@ pub struct RemoteKeys {
     pending: Arc<Pending>,
     points: Arc<PointCache>,
     book: Arc<Mutex<KeyBook>>,
-    revocations: Arc<Revocations>,
+    carried: Arc<Carried>,
     kv: Kv,
     shutdown_script: ShutdownScript,
 }
@@ -73,7 +73,7 @@ pub enum KeysError {
     #[error(transparent)]
     Signer(#[from] SignerError),
     #[error(transparent)]
-    Revocations(#[from] RevocationsError),
+    Carried(#[from] CarriedError),
 }
 
 impl RemoteKeys {
@@ -106,14 +106,14 @@ impl RemoteKeys {
             )));
         }
         let expanded_key = ExpandedKey::new(handover.inbound_payment_key);
-        let revocations = Arc::new(Revocations::load(kv.as_ref())?);
+        let carried = Arc::new(Carried::load(kv.as_ref())?);
         Ok(RemoteKeys {
             handover,
             expanded_key,
             pending,
             points: Arc::new(PointCache::default()),
             book: Arc::new(Mutex::new(book)),
-            revocations,
+            carried,
             kv,
             shutdown_script,
         })
@@ -123,9 +123,10 @@ impl RemoteKeys {
         self.handover.node_id
     }
 
-    /// The peers' revocations, saved with the monitor updates that record them.
-    pub fn revocations(&self) -> &Revocations {
-        &self.revocations
+    /// What the host carries to the signer with later requests, saved with the monitor
+    /// updates that record it.
+    pub fn carried(&self) -> &Carried {
+        &self.carried
     }
 
     /// Fetches key sets until the pool holds [`POOL_TARGET`]; waits for the answer.
@@ -412,7 +413,7 @@ impl SignerProvider for RemoteKeys {
             pubkeys,
             self.pending.clone(),
             self.points.clone(),
-            self.revocations.clone(),
+            self.carried.clone(),
         )
     }
 

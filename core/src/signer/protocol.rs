@@ -68,6 +68,17 @@ pub struct Revocation {
     pub secret: [u8; 32],
 }
 
+/// Our commitment `tx`, signed by the peer, for the signer to check and remember.
+///
+/// LDK gives no channel parameters with it: the host sends the last it saw for the channel
+/// (none before the first signing request); the signer prefers those it saw itself.
+#[derive(Clone, Debug)]
+pub struct HolderCommitment {
+    pub params: Option<ChannelTransactionParameters>,
+    pub tx: HolderCommitmentTransaction,
+    pub outbound_preimages: Vec<PaymentPreimage>,
+}
+
 /// One request from the host to a node's signer.
 #[derive(Clone, Debug)]
 pub enum Request {
@@ -81,17 +92,17 @@ pub enum Request {
         first: u64,
         count: u32,
     },
+    /// `holder` repeats the newest holder commitment the host took from the peer: the signer
+    /// validates it first and releases the secret only if it is the next one. LDK asks for the
+    /// secret right after that commitment, so one request and one state save serve both.
     ReleaseCommitmentSecret {
         keys_id: KeysId,
         idx: u64,
+        holder: Option<HolderCommitment>,
     },
-    /// LDK gives no channel parameters here: the host sends the last it saw for the channel
-    /// (none before the first signing request); the signer prefers those it saw itself.
     ValidateHolderCommitment {
         keys_id: KeysId,
-        params: Option<ChannelTransactionParameters>,
-        tx: HolderCommitmentTransaction,
-        outbound_preimages: Vec<PaymentPreimage>,
+        holder: HolderCommitment,
     },
     /// Sent as LDK takes the peer's revocation (LDK does not wait for the answer).
     ValidateCounterpartyRevocation {

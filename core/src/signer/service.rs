@@ -23,7 +23,7 @@ use bitcoin::{
 use lightning::ln::chan_utils::{
     get_keyed_anchor_redeemscript, make_funding_redeemscript, shared_anchor_script_pubkey,
     ChannelPublicKeys, ChannelTransactionParameters, ClosingTransaction, CommitmentTransaction,
-    HTLCOutputInCommitment, HolderCommitmentTransaction,
+    HTLCOutputInCommitment,
 };
 use lightning::ln::msgs::{
     UnsignedChannelAnnouncement, UnsignedChannelUpdate, UnsignedGossipMessage,
@@ -43,8 +43,8 @@ use super::policy::{
     ApprovalHook, ChannelParams, CommitmentView, PaymentApproval, Policy, Refusal, WalletOutput,
 };
 use super::protocol::{
-    challenge_digest, ChannelKeySet, ClosingParts, Handler, Handover, KeysId, Request, Response,
-    Revocation, SignerError,
+    challenge_digest, ChannelKeySet, ClosingParts, Handler, Handover, HolderCommitment, KeysId,
+    Request, Response, Revocation, SignerError,
 };
 use super::state::{ChannelOpen, HtlcEntry, SignerState, StateError, StateStore, Txn};
 use super::wallet_keys::SeedWalletSigner;
@@ -352,12 +352,22 @@ impl SeedSigner {
                     .collect::<Result<_, _>>()
                     .map(Response::Points)
             }
-            Request::ReleaseCommitmentSecret { keys_id, idx } => {
+            Request::ReleaseCommitmentSecret {
+                keys_id,
+                idx,
+                holder,
+            } => {
                 if idx > MAX_COMMITMENT_NUMBER {
                     return Err(self.malformed(kind, format!("commitment number {idx}")));
                 }
+                let holder = holder
+                    .map(|holder| self.check_holder(kind, &keys_id, holder))
+                    .transpose()?;
                 let signer = self.channel(&keys_id);
                 self.transact(|state| {
+                    if let Some(holder) = &holder {
+                        self.record_holder(kind, state, &keys_id, holder)?;
+                    }
                     self.policy
                         .release_commitment_secret(state, &keys_id, idx)
                         .map_err(|r| self.refuse(kind, r))?;
@@ -367,12 +377,13 @@ impl SeedSigner {
                         .map_err(|()| ldk("release the secret"))
                 })
             }
-            Request::ValidateHolderCommitment {
-                keys_id,
-                params,
-                tx,
-                outbound_preimages,
-            } => self.validate_holder(kind, keys_id, params, tx, outbound_preimages),
+            Request::ValidateHolderCommitment { keys_id, holder } => {
+                let holder = self.check_holder(kind, &keys_id, holder)?;
+                self.transact(|state| {
+                    self.record_holder(kind, state, &keys_id, &holder)
+                        .map(|()| Response::Accepted)
+                })
+            }
             Request::ValidateCounterpartyRevocation {
                 keys_id,
                 revocation,
@@ -612,23 +623,34 @@ impl SeedSigner {
         Ok(Response::ChannelKeys(sets))
     }
 
-    fn validate_holder(
+    /// Checks a holder commitment against the channel (outside the state lock: the
+    /// signature checks are the costly part); [`Self::record_holder`] remembers it.
+    fn check_holder(
         &self,
         kind: &str,
-        keys_id: KeysId,
-        params: Option<ChannelTransactionParameters>,
-        tx: HolderCommitmentTransaction,
-        outbound_preimages: Vec<PaymentPreimage>,
-    ) -> Result<Response, SignerError> {
+        keys_id: &KeysId,
+        holder: HolderCommitment,
+    ) -> Result<CheckedHolder, SignerError> {
+        let HolderCommitment {
+            params,
+            tx,
+            outbound_preimages,
+        } = holder;
         let params = match params {
             Some(params) => params,
-            None => match self.pinned_params(kind, &keys_id)? {
+            None => match self.pinned_params(kind, keys_id)? {
                 Some(pinned) => pinned,
-                None => return self.validate_holder_unchecked(kind, keys_id, tx),
+                None => {
+                    // An inbound channel's first holder commitment comes before any
+                    // parameters (LDK gives none before the first signature): the peer's
+                    // signature cannot be checked, the number is kept.
+                    let view = view_of(&tx, tx.trust().txid().to_byte_array(), false);
+                    return Ok(CheckedHolder { params: None, view });
+                }
             },
         };
-        let signer = self.channel(&keys_id);
-        let checked = self.check_params(kind, &keys_id, &params)?;
+        let signer = self.channel(keys_id);
+        let checked = self.check_params(kind, keys_id, &params)?;
         let trusted = tx
             .verify(&params.as_holder_broadcastable(), &self.secp)
             .map_err(|()| self.malformed(kind, "commitment does not match the channel"))?;
@@ -667,51 +689,52 @@ impl SeedSigner {
             .map_err(|()| self.malformed(kind, "LDK could not validate the commitment"))?;
         // In our own commitment, HTLCs the peer offered are the ones not `offered`.
         let view = view_of(&tx, trusted.txid().to_byte_array(), false);
-        self.transact(|state| {
-            self.policy
-                .pin_channel_parameters(state, &keys_id, &checked)
-                .map_err(|r| self.refuse(kind, r))?;
-            self.policy
-                .validate_holder_commitment(state, &keys_id, &view);
-            Ok(Response::Accepted)
+        Ok(CheckedHolder {
+            params: Some(checked),
+            view,
         })
     }
 
-    /// An inbound channel's first holder commitment comes before any parameters (LDK gives
-    /// none before the first signature): the peer's signature cannot be checked, the number is
-    /// kept. Only that first one: a host cannot record later commitments this way.
-    fn validate_holder_unchecked(
+    /// Remembers a checked holder commitment. One without parameters is taken only as the
+    /// channel's first: a host cannot record later commitments this way.
+    fn record_holder(
         &self,
         kind: &str,
-        keys_id: KeysId,
-        tx: HolderCommitmentTransaction,
-    ) -> Result<Response, SignerError> {
-        tracing::debug!(node = %self.node_id, "holder commitment recorded without parameters");
-        let view = view_of(&tx, tx.trust().txid().to_byte_array(), false);
-        self.transact(|state| {
-            self.policy
-                .check_channel_approved(state, &keys_id)
-                .map_err(|r| self.refuse(kind, r))?;
-            let last = state
-                .channels
-                .get(&keys_id)
-                .and_then(|c| c.last_validated_holder);
-            if last.is_some_and(|last| last != view.number) {
-                return Err(self.refuse(
-                    kind,
-                    Refusal {
-                        rule: "channel_parameters_missing",
-                        reason: format!(
-                            "holder commitment {} named no channel parameters",
-                            view.number
-                        ),
-                    },
-                ));
+        state: &mut Txn,
+        keys_id: &KeysId,
+        holder: &CheckedHolder,
+    ) -> Result<(), SignerError> {
+        let view = &holder.view;
+        match &holder.params {
+            Some(checked) => self
+                .policy
+                .pin_channel_parameters(state, keys_id, checked)
+                .map_err(|r| self.refuse(kind, r))?,
+            None => {
+                tracing::debug!(node = %self.node_id, "holder commitment recorded without parameters");
+                self.policy
+                    .check_channel_approved(state, keys_id)
+                    .map_err(|r| self.refuse(kind, r))?;
+                let last = state
+                    .channels
+                    .get(keys_id)
+                    .and_then(|c| c.last_validated_holder);
+                if last.is_some_and(|last| last != view.number) {
+                    return Err(self.refuse(
+                        kind,
+                        Refusal {
+                            rule: "channel_parameters_missing",
+                            reason: format!(
+                                "holder commitment {} named no channel parameters",
+                                view.number
+                            ),
+                        },
+                    ));
+                }
             }
-            self.policy
-                .validate_holder_commitment(state, &keys_id, &view);
-            Ok(Response::Accepted)
-        })
+        }
+        self.policy.validate_holder_commitment(state, keys_id, view);
+        Ok(())
     }
 
     fn sign_counterparty(
@@ -1043,7 +1066,6 @@ impl Handler for SeedSigner {
     }
 }
 
-/// A mutex whose holder panicked is still consistent here: state is replaced only whole.
 /// A channel's signer and its public keys, derived together once.
 #[derive(Clone)]
 struct ChannelKeys {
@@ -1051,6 +1073,14 @@ struct ChannelKeys {
     pubkeys: Arc<ChannelPublicKeys>,
 }
 
+/// A holder commitment as checked: the channel's parameters (none for an inbound channel's
+/// first, which comes before any) and what the policy keeps of it.
+struct CheckedHolder {
+    params: Option<ChannelParams>,
+    view: CommitmentView,
+}
+
+/// A mutex whose holder panicked is still consistent here: state is replaced only whole.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -1158,6 +1188,7 @@ mod tests {
     use bitcoin::psbt::Input as PsbtInput;
     use bitcoin::{Amount, OutPoint as BtcOutPoint, Sequence, TxIn, Txid, Witness};
     use lightning::chain::transaction::OutPoint;
+    use lightning::ln::chan_utils::HolderCommitmentTransaction;
     use lightning::ln::chan_utils::{
         build_commitment_secret, ChannelPublicKeys, CounterpartyChannelTransactionParameters,
     };
@@ -1396,9 +1427,11 @@ mod tests {
         ) -> Result<Response, SignerError> {
             signer.handle(Request::ValidateHolderCommitment {
                 keys_id: self.keys_id,
-                params: Some(self.params.clone()),
-                tx,
-                outbound_preimages: vec![],
+                holder: HolderCommitment {
+                    params: Some(self.params.clone()),
+                    tx,
+                    outbound_preimages: vec![],
+                },
             })
         }
 
@@ -1943,12 +1976,18 @@ mod tests {
     fn secrets_are_released_only_after_the_next_commitment_is_validated() {
         let signer = signer();
         let ch = Channel::open(&signer, 7);
-        let release = |idx| {
+        let release_with = |idx, tx: Option<HolderCommitmentTransaction>| {
             signer.handle(Request::ReleaseCommitmentSecret {
                 keys_id: ch.keys_id,
                 idx,
+                holder: tx.map(|tx| HolderCommitment {
+                    params: None,
+                    tx,
+                    outbound_preimages: vec![],
+                }),
             })
         };
+        let release = |idx| release_with(idx, None);
         refused(release(TOP), "secret_before_next_commitment");
         ch.validate_holder(&signer, ch.holder_tx(&signer, TOP, vec![]))
             .expect("first");
@@ -1965,13 +2004,33 @@ mod tests {
         refused(release(TOP - 1), "secret_before_next_commitment");
         malformed(release(TOP + 1));
 
-        // A commitment the peer did not sign is not validated.
+        // A commitment the peer did not sign is not validated, alone or carried by a release,
+        // and the release it came with releases nothing.
         let mut forged = ch.holder_tx(&signer, TOP - 2, vec![]);
         forged.counterparty_sig = ch.holder_tx(&signer, TOP - 3, vec![]).counterparty_sig;
         refused(
-            ch.validate_holder(&signer, forged),
+            ch.validate_holder(&signer, forged.clone()),
             "invalid_counterparty_signature",
         );
+        refused(
+            release_with(TOP - 1, Some(forged)),
+            "invalid_counterparty_signature",
+        );
+        refused(release(TOP - 1), "secret_before_next_commitment");
+        // The next commitment carried by the release (as the host sends it, without the
+        // parameters: the signer checks it against those it pinned) lets the secret go.
+        let next = ch.holder_tx(&signer, TOP - 2, vec![]);
+        match release_with(TOP - 1, Some(next.clone())) {
+            Ok(Response::Secret(s)) => {
+                assert_eq!(s, build_commitment_secret(&ldk.commitment_seed, TOP - 1))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Asked again with the same commitment (a retry after a restart): the same answer.
+        assert!(matches!(
+            release_with(TOP - 1, Some(next)),
+            Ok(Response::Secret(_))
+        ));
 
         // The revoked commitment is never signed for broadcast; the current one is.
         let sign_holder = |number| {
@@ -1981,8 +2040,8 @@ mod tests {
                 tx: ch.holder_tx(&signer, number, vec![]),
             })
         };
-        refused(sign_holder(TOP), "revoked_holder_commitment");
-        assert!(matches!(sign_holder(TOP - 1), Ok(Response::Signature(_))));
+        refused(sign_holder(TOP - 1), "revoked_holder_commitment");
+        assert!(matches!(sign_holder(TOP - 2), Ok(Response::Signature(_))));
     }
 
     #[test]
@@ -2236,9 +2295,11 @@ mod tests {
         refused(
             signer.handle(Request::ValidateHolderCommitment {
                 keys_id: ch.keys_id,
-                params: None,
-                tx: holder.clone(),
-                outbound_preimages: vec![],
+                holder: HolderCommitment {
+                    params: None,
+                    tx: holder.clone(),
+                    outbound_preimages: vec![],
+                },
             }),
             "channel_not_approved",
         );

@@ -19,7 +19,8 @@ use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::{Readable, ReadableArgs, Writeable};
 
 use super::protocol::{
-    ChannelKeySet, ClosingParts, Handover, Request, Response, Revocation, SignerError,
+    ChannelKeySet, ClosingParts, Handover, HolderCommitment, Request, Response, Revocation,
+    SignerError,
 };
 
 /// The generated protobuf messages and the gRPC service.
@@ -81,23 +82,21 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
             first: *first,
             count: *count,
         }),
-        Request::ReleaseCommitmentSecret { keys_id, idx } => {
-            Body::ReleaseCommitmentSecret(proto::ReleaseCommitmentSecret {
+        Request::ReleaseCommitmentSecret {
+            keys_id,
+            idx,
+            holder,
+        } => Body::ReleaseCommitmentSecret(proto::ReleaseCommitmentSecret {
+            keys_id: keys_id.to_vec(),
+            idx: *idx,
+            holder: holder.as_ref().map(encode_holder),
+        }),
+        Request::ValidateHolderCommitment { keys_id, holder } => {
+            Body::ValidateHolderCommitment(proto::ValidateHolderCommitment {
                 keys_id: keys_id.to_vec(),
-                idx: *idx,
+                holder: Some(encode_holder(holder)),
             })
         }
-        Request::ValidateHolderCommitment {
-            keys_id,
-            params,
-            tx,
-            outbound_preimages,
-        } => Body::ValidateHolderCommitment(proto::ValidateHolderCommitment {
-            keys_id: keys_id.to_vec(),
-            params: params.as_ref().map(|p| p.encode()),
-            tx: tx.encode(),
-            outbound_preimages: preimages(outbound_preimages),
-        }),
         Request::ValidateCounterpartyRevocation {
             keys_id,
             revocation,
@@ -297,12 +296,15 @@ fn decode_body(body: Body) -> Result<Request, SignerError> {
         Body::ReleaseCommitmentSecret(m) => Request::ReleaseCommitmentSecret {
             keys_id: bytes32(&m.keys_id, "keys_id")?,
             idx: m.idx,
+            holder: m.holder.as_ref().map(decode_holder).transpose()?,
         },
         Body::ValidateHolderCommitment(m) => Request::ValidateHolderCommitment {
             keys_id: bytes32(&m.keys_id, "keys_id")?,
-            params: m.params.as_deref().map(params).transpose()?,
-            tx: ldk::<HolderCommitmentTransaction>(&m.tx, "holder commitment")?,
-            outbound_preimages: decode_preimages(&m.outbound_preimages)?,
+            holder: decode_holder(
+                m.holder
+                    .as_ref()
+                    .ok_or_else(|| SignerError::Malformed("no holder commitment".into()))?,
+            )?,
         },
         Body::ValidateCounterpartyRevocation(m) => Request::ValidateCounterpartyRevocation {
             keys_id: bytes32(&m.keys_id, "keys_id")?,
@@ -631,6 +633,22 @@ fn params(bytes: &[u8]) -> Result<ChannelTransactionParameters, SignerError> {
     Ok(value)
 }
 
+pub(crate) fn encode_holder(holder: &HolderCommitment) -> proto::HolderCommitment {
+    proto::HolderCommitment {
+        params: holder.params.as_ref().map(|p| p.encode()),
+        tx: holder.tx.encode(),
+        outbound_preimages: preimages(&holder.outbound_preimages),
+    }
+}
+
+pub(crate) fn decode_holder(m: &proto::HolderCommitment) -> Result<HolderCommitment, SignerError> {
+    Ok(HolderCommitment {
+        params: m.params.as_deref().map(params).transpose()?,
+        tx: ldk::<HolderCommitmentTransaction>(&m.tx, "holder commitment")?,
+        outbound_preimages: decode_preimages(&m.outbound_preimages)?,
+    })
+}
+
 fn whole(cursor: &Cursor<&[u8]>, len: usize, what: &str) -> Result<(), SignerError> {
     if cursor.position() == len as u64 {
         Ok(())
@@ -647,7 +665,7 @@ fn consensus<T: encode::Decodable>(bytes: &[u8], what: &str) -> Result<T, Signer
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use bitcoin::hashes::Hash;
     use bitcoin::secp256k1::{Secp256k1, SecretKey};
     use bitcoin::{absolute, transaction, Amount, OutPoint, Sequence, TxIn, Txid, Witness};
@@ -729,7 +747,8 @@ mod tests {
         )
     }
 
-    fn holder_commitment() -> HolderCommitmentTransaction {
+    /// A well-formed holder commitment with an HTLC (signatures do not verify).
+    pub(crate) fn holder_commitment() -> HolderCommitmentTransaction {
         let htlc_sigs = vec![sig(41); commitment().nondust_htlcs().len()];
         HolderCommitmentTransaction::new(commitment(), sig(40), htlc_sigs, &point(1), &point(10))
     }
@@ -764,12 +783,27 @@ mod tests {
                 first: (1 << 48) - 1,
                 count: 2,
             },
-            Request::ReleaseCommitmentSecret { keys_id, idx: 77 },
+            Request::ReleaseCommitmentSecret {
+                keys_id,
+                idx: 77,
+                holder: None,
+            },
+            Request::ReleaseCommitmentSecret {
+                keys_id,
+                idx: 76,
+                holder: Some(HolderCommitment {
+                    params: None,
+                    tx: holder_commitment(),
+                    outbound_preimages: vec![],
+                }),
+            },
             Request::ValidateHolderCommitment {
                 keys_id,
-                params: Some(params()),
-                tx: holder_commitment(),
-                outbound_preimages: vec![PaymentPreimage([1; 32]), PaymentPreimage([2; 32])],
+                holder: HolderCommitment {
+                    params: Some(params()),
+                    tx: holder_commitment(),
+                    outbound_preimages: vec![PaymentPreimage([1; 32]), PaymentPreimage([2; 32])],
+                },
             },
             Request::ValidateCounterpartyRevocation {
                 keys_id,
@@ -1065,6 +1099,7 @@ mod tests {
                 proto::ReleaseCommitmentSecret {
                     keys_id: vec![0; 33],
                     idx: 0,
+                    holder: None,
                 },
             )),
             "keys_id",
@@ -1089,10 +1124,13 @@ mod tests {
 
     #[test]
     fn truncated_or_padded_ldk_bytes_are_malformed() {
-        let good = match encode_request(1, &every_request()[5]).body {
-            Some(Body::SignCounterpartyCommitment(m)) => m,
-            _ => panic!("fixture order changed"),
-        };
+        let good = every_request()
+            .iter()
+            .find_map(|r| match encode_request(1, r).body {
+                Some(Body::SignCounterpartyCommitment(m)) => Some(m),
+                _ => None,
+            })
+            .expect("a counterparty commitment among the fixtures");
         // Every truncation of the parameters and the commitment fails cleanly, never panics.
         for cut in 0..good.params.len() {
             let mut m = good.clone();
