@@ -117,7 +117,7 @@ impl Note for HolderCommitment {
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         let message = wire::proto::HolderCommitment::decode(bytes).ok()?;
-        wire::decode_holder(&message).ok()
+        wire::RequestDecoder::default().holder(&message).ok()
     }
 }
 

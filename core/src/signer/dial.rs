@@ -24,7 +24,7 @@ use tonic::{Code, Status, Streaming};
 use super::protocol::{Handler, Request, Response, SignerError};
 use super::wire::proto::signer_hub_client::SignerHubClient;
 use super::wire::proto::{self, hub_message, signer_message, HubMessage, SignerMessage};
-use super::wire::{decode_request, encode_handover, encode_response};
+use super::wire::{encode_handover, encode_response, RequestDecoder};
 
 /// First wait before retrying; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -248,6 +248,7 @@ async fn attach(
     stats.attaches.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%node, "attached to the hub");
 
+    let mut decoder = RequestDecoder::default();
     loop {
         let envelope = match next(node, &mut inbound, stop, stats).await {
             Next::Message(hub_message::Msg::Request(envelope)) => envelope,
@@ -258,7 +259,7 @@ async fn attach(
             Next::End(Ended::Stopped) => return Ended::Stopped,
             Next::End(_) => return Ended::AfterAttach,
         };
-        let (id, request) = decode_request(envelope);
+        let (id, request) = decoder.decode(envelope);
         if let Ok(request @ Request::ApprovePayment { .. }) = request {
             // The approval hook may wait on a person: answer beside the node's other requests
             // rather than ahead of them (answers carry ids, so the hub takes them in any order;
