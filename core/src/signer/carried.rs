@@ -103,16 +103,13 @@ impl Note for Revocation {
     }
 }
 
-/// As on the wire. Without parameters: the host names those it has when it sends the note.
+/// As on the wire. Recorded without parameters (LDK gives none): the host names those it has
+/// when it sends the note.
 impl Note for HolderCommitment {
     const SUB: &'static str = "holder_commitments";
 
     fn encode(&self) -> Vec<u8> {
-        let bare = HolderCommitment {
-            params: None,
-            ..self.clone()
-        };
-        wire::encode_holder(&bare).encode_to_vec()
+        wire::encode_holder(self).encode_to_vec()
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {

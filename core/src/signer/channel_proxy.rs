@@ -112,7 +112,12 @@ impl RemoteChannelSigner {
         Ok((self.key(kind, &[&txid, &input.to_be_bytes()]), input))
     }
 
-    fn signature(&self, key: Key, retry: Retry, request: Request) -> Result<Signature, ()> {
+    fn signature(
+        &self,
+        key: Key,
+        retry: Retry,
+        request: impl FnOnce() -> Request,
+    ) -> Result<Signature, ()> {
         match self.pending.sign(key, retry, request)? {
             Response::Signature(sig) => Ok(sig),
             other => unexpected(other),
@@ -189,17 +194,16 @@ impl ChannelSigner for RemoteChannelSigner {
     /// validated.
     fn release_commitment_secret(&self, idx: u64) -> Result<[u8; 32], ()> {
         let key = self.key("release", &[&idx.to_be_bytes()]);
-        let holder = self
-            .carried
-            .holder(&self.keys_id)
-            .map(|holder| HolderCommitment {
-                params: self.last_params(),
-                ..holder
-            });
-        let request = Request::ReleaseCommitmentSecret {
+        let request = || Request::ReleaseCommitmentSecret {
             keys_id: self.keys_id,
             idx,
-            holder,
+            holder: self
+                .carried
+                .holder(&self.keys_id)
+                .map(|holder| HolderCommitment {
+                    params: self.last_params(),
+                    ..holder
+                }),
         };
         match self.pending.sign(key, Retry::Channels, request)? {
             Response::Secret(secret) => Ok(secret),
@@ -264,7 +268,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
     ) -> Result<(Signature, Vec<Signature>), ()> {
         let txid = txid_bytes(commitment_tx.trust().txid());
         let key = self.key("counterparty_commitment", &[&txid]);
-        let request = Request::SignCounterpartyCommitment {
+        let request = || Request::SignCounterpartyCommitment {
             keys_id: self.keys_id,
             params: self.seen(params),
             tx: commitment_tx.clone(),
@@ -286,7 +290,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
     ) -> Result<Signature, ()> {
         let txid = txid_bytes(commitment_tx.trust().txid());
         let key = self.key("holder_commitment", &[&txid]);
-        let request = Request::SignHolderCommitment {
+        let request = || Request::SignHolderCommitment {
             keys_id: self.keys_id,
             params: self.seen(params),
             tx: commitment_tx.clone(),
@@ -304,7 +308,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
         let (key, input) = self.input_key("justice_output", justice_tx, input)?;
-        let request = Request::SignJusticeRevokedOutput {
+        let request = || Request::SignJusticeRevokedOutput {
             keys_id: self.keys_id,
             params: self.seen(params),
             tx: justice_tx.clone(),
@@ -326,7 +330,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
         let (key, input) = self.input_key("justice_htlc", justice_tx, input)?;
-        let request = Request::SignJusticeRevokedHtlc {
+        let request = || Request::SignJusticeRevokedHtlc {
             keys_id: self.keys_id,
             params: self.seen(params),
             tx: justice_tx.clone(),
@@ -346,7 +350,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
         let (key, input) = self.input_key("holder_htlc", htlc_tx, input)?;
-        let request = Request::SignHolderHtlcTransaction {
+        let request = || Request::SignHolderHtlcTransaction {
             keys_id: self.keys_id,
             tx: htlc_tx.clone(),
             input,
@@ -366,7 +370,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
         let (key, input) = self.input_key("counterparty_htlc", htlc_tx, input)?;
-        let request = Request::SignCounterpartyHtlcTransaction {
+        let request = || Request::SignCounterpartyHtlcTransaction {
             keys_id: self.keys_id,
             params: self.seen(params),
             tx: htlc_tx.clone(),
@@ -399,7 +403,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
                 closing.to_counterparty_script.as_bytes(),
             ],
         );
-        let request = Request::SignClosingTransaction {
+        let request = || Request::SignClosingTransaction {
             keys_id: self.keys_id,
             params: self.seen(params),
             closing,
@@ -415,7 +419,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         _secp: &Secp256k1<secp256k1::All>,
     ) -> Result<Signature, ()> {
         let (key, input) = self.input_key("anchor", anchor_tx, input)?;
-        let request = Request::SignHolderAnchorInput {
+        let request = || Request::SignHolderAnchorInput {
             keys_id: self.keys_id,
             params: self.seen(params),
             tx: anchor_tx.clone(),

@@ -82,13 +82,15 @@ impl Pending {
     /// The answer to `request` if the signer gave it; otherwise sends it (once) and returns
     /// `Err(())`, LDK's "pending". A refusal stays `Err` (logged); the operation waits until the
     /// signer's policy or the user changes, and the channel stays consistent meanwhile.
+    /// `request` is built only when it is sent: LDK calls again to collect the answer, and
+    /// again while it is in flight, and building it copies the whole transaction.
     // `Err(())` is LDK's own "pending" in every signer method this serves.
     #[allow(clippy::result_unit_err)]
     pub fn sign(
         self: &Arc<Self>,
         key: Key,
         retry: Retry,
-        request: Request,
+        request: impl FnOnce() -> Request,
     ) -> Result<Response, ()> {
         {
             let mut state = self.lock();
@@ -99,6 +101,7 @@ impl Pending {
                 return Err(());
             }
         }
+        let request = request();
         let inline = Arc::new(AtomicBool::new(true));
         let this = self.clone();
         let still_inline = inline.clone();

@@ -100,11 +100,14 @@ pub enum Request {
         idx: u64,
         holder: Option<HolderCommitment>,
     },
+    /// The same check on its own. This project's host does not send it (the commitment rides
+    /// on the next release); the signer answers it for a host that tells it at once.
     ValidateHolderCommitment {
         keys_id: KeysId,
         holder: HolderCommitment,
     },
-    /// Sent as LDK takes the peer's revocation (LDK does not wait for the answer).
+    /// The peer's revocation on its own. This project's host does not send it (it rides on the
+    /// next counterparty commitment); the signer answers it for a host that tells it at once.
     ValidateCounterpartyRevocation {
         keys_id: KeysId,
         revocation: Revocation,
