@@ -27,10 +27,12 @@ pub(crate) trait Failure:
 
 type Output = Box<dyn Any + Send>;
 type Work<E> = Box<dyn FnOnce(&Connection) -> Result<Output, E> + Send>;
+/// Told the write's outcome once its batch is committed (or not), on the writer thread.
+type Done<E> = Box<dyn FnOnce(Result<Output, E>) + Send>;
 
 struct Job<E> {
     work: Work<E>,
-    done: mpsc::SyncSender<Result<Output, E>>,
+    done: Done<E>,
 }
 
 /// Writes committed together at most: bounds how long the first of them waits.
@@ -82,20 +84,37 @@ impl<E: Failure> Writer<E> {
         f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     ) -> Result<T, E> {
         let (done, answer) = mpsc::sync_channel(1);
-        let work: Work<E> = Box::new(move |conn| f(conn).map(|v| Box::new(v) as Output));
-        let sent = lock(&self.jobs)
-            .as_ref()
-            .map(|jobs| jobs.send(Job { work, done }).is_ok());
-        if sent != Some(true) {
-            return Err(E::closed());
-        }
+        self.submit(f, move |result| {
+            let _ = done.send(result);
+        });
         // Many callers waiting at once is what lets one commit serve them all.
-        let output =
-            crate::blocking::wait_blocking(|| answer.recv()).map_err(|_| E::closed())??;
-        output
-            .downcast::<T>()
-            .map(|v| *v)
-            .map_err(|_| E::bug("the write returned an unexpected type"))
+        crate::blocking::wait_blocking(|| answer.recv()).map_err(|_| E::closed())?
+    }
+
+    /// Queues `f` for the next commit and returns at once; `done` gets `f`'s result once that
+    /// commit is durable (or the reason it is not), on the writer thread, so it must be quick.
+    /// Writes are committed in the order they are queued: a write is never durable before one
+    /// queued earlier.
+    pub(crate) fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        done: impl FnOnce(Result<T, E>) + Send + 'static,
+    ) {
+        let work: Work<E> = Box::new(move |conn| f(conn).map(|v| Box::new(v) as Output));
+        let done: Done<E> = Box::new(move |output: Result<Output, E>| {
+            done(output.and_then(|v| {
+                v.downcast::<T>()
+                    .map(|v| *v)
+                    .map_err(|_| E::bug("the write returned an unexpected type"))
+            }))
+        });
+        let refused = match lock(&self.jobs).as_ref() {
+            Some(jobs) => jobs.send(Job { work, done }).err().map(|e| e.0.done),
+            None => Some(done),
+        };
+        if let Some(done) = refused {
+            done(Err(E::closed()));
+        }
     }
 
     pub(crate) fn stats(&self) -> WriteStats {
@@ -138,7 +157,7 @@ fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>) -> bool {
     if let Err(e) = run_sql(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         for job in batch {
-            let _ = job.done.send(Err(E::not_committed(&reason)));
+            (job.done)(Err(E::not_committed(&reason)));
         }
         return false;
     }
@@ -146,7 +165,7 @@ fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>) -> bool {
     let mut aborted: Option<String> = None;
     for job in batch {
         if let Some(reason) = &aborted {
-            let _ = job.done.send(Err(E::not_committed(reason)));
+            (job.done)(Err(E::not_committed(reason)));
             continue;
         }
         match run_one(conn, job.work) {
@@ -154,7 +173,7 @@ fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>) -> bool {
             Err(e) => {
                 // The savepoint itself failed: the transaction's state is unknown.
                 aborted = Some(e.to_string());
-                let _ = job.done.send(Err(e));
+                (job.done)(Err(e));
             }
         }
     }
@@ -165,14 +184,14 @@ fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>) -> bool {
     match committed {
         Ok(()) => {
             for (done, result) in answers {
-                let _ = done.send(result);
+                done(result);
             }
             true
         }
         Err(reason) => {
             let _ = run_sql(conn, "ROLLBACK");
             for (done, result) in answers {
-                let _ = done.send(result.and(Err(E::not_committed(&reason))));
+                done(result.and(Err(E::not_committed(&reason))));
             }
             false
         }

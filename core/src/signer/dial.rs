@@ -2,8 +2,9 @@
 //! inbound port.
 //!
 //! One TLS connection (one tonic `Channel`) carries one Attach stream per node. Each node's
-//! requests are answered in arrival order on that node's own task (payment approvals, which
-//! may wait on a person, on a blocking thread beside it); nodes run concurrently.
+//! requests are checked and answered in arrival order on that node's own task (payment
+//! approvals, which may wait on a person, on a blocking thread beside it), and each answer
+//! leaves once the state it rests on is saved; nodes run concurrently.
 //! Whatever breaks (host down, stream dropped, refusal because the host has not registered the
 //! node yet) is retried with a bounded backoff until `stop` turns true.
 
@@ -12,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bitcoin::secp256k1::PublicKey;
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 
-use super::protocol::{Handler, Request, Response, SignerError};
+use super::protocol::{Answer, Handler, Request};
 use super::wire::proto::signer_hub_client::SignerHubClient;
 use super::wire::proto::{self, hub_message, signer_message, HubMessage, SignerMessage};
 use super::wire::{encode_handover, encode_response, RequestDecoder};
@@ -182,7 +182,12 @@ async fn node_loop(
     let node = handler.node_id();
     let mut backoff = MIN_BACKOFF;
     loop {
-        match attach(&mut client, &handler, &mut stop, &stats).await {
+        let ended = attach(&mut client, &handler, &mut stop, &stats).await;
+        if handler.broken() {
+            tracing::error!(%node, "this node's signer is broken (its state could not be saved): detached until the signer restarts");
+            return;
+        }
+        match ended {
             Ended::Stopped => return,
             Ended::AfterAttach => backoff = MIN_BACKOFF,
             Ended::Refused | Ended::Failed => {}
@@ -248,16 +253,30 @@ async fn attach(
     stats.attaches.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%node, "attached to the hub");
 
+    // Answers leave in request order once they settle (their state is saved), on a task of
+    // their own: the next request is checked while the last one's change is being saved.
+    let (answers, queued) = mpsc::channel(OUTBOUND_QUEUE);
+    let mut sender = tokio::spawn(send_answers(
+        queued,
+        tx.clone(),
+        handler.clone(),
+        stats.clone(),
+    ));
     let mut decoder = RequestDecoder::default();
-    loop {
-        let envelope = match next(node, &mut inbound, stop, stats).await {
+    let ended = loop {
+        let next = tokio::select! {
+            // The sender stops when the stream is gone or the signer broke.
+            _ = &mut sender => break Ended::AfterAttach,
+            next = next(node, &mut inbound, stop, stats) => next,
+        };
+        let envelope = match next {
             Next::Message(hub_message::Msg::Request(envelope)) => envelope,
             Next::Message(_) => {
                 protocol_error(node, stats, "expected a request");
-                return Ended::AfterAttach;
+                break Ended::AfterAttach;
             }
-            Next::End(Ended::Stopped) => return Ended::Stopped,
-            Next::End(_) => return Ended::AfterAttach,
+            Next::End(Ended::Stopped) => break Ended::Stopped,
+            Next::End(_) => break Ended::AfterAttach,
         };
         let (id, request) = decoder.decode(envelope);
         if let Ok(request @ Request::ApprovePayment { .. }) = request {
@@ -277,22 +296,38 @@ async fn attach(
             });
             continue;
         }
-        let result = request.and_then(|request| handle(handler.as_ref(), request));
-        let answer = signer_message::Msg::Response(encode_response(id, &result));
-        if tx.send(SignerMessage { msg: Some(answer) }).await.is_err() {
+        let answer = match request {
+            Ok(request) => handler.answer(request),
+            Err(e) => Answer::ready(Err(e)),
+        };
+        if answers.send((id, answer)).await.is_err() {
             tracing::info!(%node, "the hub stream closed");
-            return Ended::AfterAttach;
+            break Ended::AfterAttach;
         }
-        stats.answered.fetch_add(1, Ordering::Relaxed);
+    };
+    // Answers already computed still go out (or fail with the stream) before a new attach.
+    drop(answers);
+    if !sender.is_finished() {
+        let _ = sender.await;
     }
+    ended
 }
 
-/// Runs the handler on this task, so the node's requests stay in order; on a multi-threaded
-/// runtime the worker hands its other tasks (other nodes) away first.
-fn handle(handler: &dyn Handler, request: Request) -> Result<Response, SignerError> {
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| handler.handle(request)),
-        _ => handler.handle(request),
+/// Sends each answer once it settles, in the order they were queued, until the stream is
+/// gone or the signer broke.
+async fn send_answers(
+    mut queued: mpsc::Receiver<(u64, Answer)>,
+    tx: mpsc::Sender<SignerMessage>,
+    handler: Arc<dyn Handler>,
+    stats: Arc<DialStats>,
+) {
+    while let Some((id, answer)) = queued.recv().await {
+        let answer = encode_response(id, &answer.settled().await);
+        let answer = signer_message::Msg::Response(answer);
+        if tx.send(SignerMessage { msg: Some(answer) }).await.is_err() || handler.broken() {
+            return;
+        }
+        stats.answered.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -4,6 +4,7 @@ pub mod carried;
 pub mod channel_proxy;
 pub mod config;
 pub mod dial;
+pub mod durable;
 pub mod embedded;
 pub mod hub;
 pub mod in_process;

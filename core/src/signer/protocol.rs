@@ -15,6 +15,8 @@ use lightning::ln::chan_utils::{
 use lightning::sign::{HTLCDescriptor, SpendableOutputDescriptor};
 use lightning::types::payment::PaymentPreimage;
 
+pub use super::durable::Answer;
+
 /// Identifies one channel's keys (LDK's `channel_keys_id`): the signer re-derives the keys
 /// from its seed and this id exactly as LDK's `KeysManager` does.
 pub type KeysId = [u8; 32];
@@ -308,4 +310,16 @@ pub trait Handler: Send + Sync {
     fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature;
     /// Answers one request. Requests of one channel arrive in the order the host sent them.
     fn handle(&self, request: Request) -> Result<Response, SignerError>;
+    /// Answers one request without waiting for its state to be saved: the answer may be sent
+    /// once it settles (every change made before it is durable), and the next request may be
+    /// answered meanwhile. Called on an async task, so it must not block; by default it runs
+    /// [`Handler::handle`] with the worker's other tasks handed away first.
+    fn answer(&self, request: Request) -> Answer {
+        Answer::ready(crate::blocking::wait_blocking(|| self.handle(request)))
+    }
+    /// True once the signer can answer nothing more (its state could not be saved): the
+    /// dialer then detaches the node, which parks on the host until the signer is restarted.
+    fn broken(&self) -> bool {
+        false
+    }
 }

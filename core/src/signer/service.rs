@@ -4,7 +4,8 @@
 //! Keys come from LDK's own `KeysManager` built from the seed, so a seed's node id and channel
 //! keys are exactly those of an LDK node with that seed. Every channel request is checked against
 //! the signer's own state ([`super::state`]) and rules ([`super::policy`]) before anything is
-//! signed; the updated state is saved before the answer leaves.
+//! signed; the updated state is saved before the answer leaves (answers are computed at once
+//! and wait for the save, [`super::durable`]).
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -39,12 +40,13 @@ use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::{LengthReadable, ReadableArgs, Writeable};
 use lightning_invoice::RawBolt11Invoice;
 
+use super::durable::Progress;
 use super::policy::{
     ApprovalHook, ChannelParams, CommitmentView, PaymentApproval, Policy, Refusal, WalletOutput,
 };
 use super::protocol::{
-    challenge_digest, ChannelKeySet, ClosingParts, Handler, Handover, HolderCommitment, KeysId,
-    Request, Response, Revocation, SignerError,
+    challenge_digest, Answer, ChannelKeySet, ClosingParts, Handler, Handover, HolderCommitment,
+    KeysId, Request, Response, Revocation, SignerError,
 };
 use super::state::{ChannelOpen, HtlcEntry, SignerState, StateError, StateStore, Txn};
 use super::wallet_keys::SeedWalletSigner;
@@ -93,6 +95,8 @@ pub struct SeedSigner {
     /// Derived once per channel: LDK's signer computes its public keys anew on each call.
     channels: Mutex<HashMap<KeysId, ChannelKeys>>,
     kept: Mutex<Kept>,
+    /// How far `kept`'s changes are on disk.
+    progress: Arc<Progress>,
     secp: Secp256k1<All>,
     clock: Clock,
 }
@@ -152,6 +156,7 @@ impl SeedSigner {
                 state: loaded,
                 store: state,
             }),
+            progress: Arc::default(),
             secp,
             clock: Box::new(|| {
                 SystemTime::now()
@@ -196,23 +201,33 @@ impl SeedSigner {
         self.channel_keys(keys_id).signer
     }
 
-    /// Runs `f` in a transaction on the state; its change stays (saved first) only if `f`
-    /// succeeds, so refusals and failures leave no trace. Costs what `f` touches, not the
-    /// size of the state.
+    /// Runs `f` in a transaction on the state; its change stays only if `f` succeeds, so
+    /// refusals and failures leave no trace. The change is handed to the store to save, and
+    /// answers wait for it ([`super::durable`]). Costs what `f` touches, not the size of the
+    /// state.
     fn transact<T>(
         &self,
         f: impl FnOnce(&mut Txn) -> Result<T, SignerError>,
     ) -> Result<T, SignerError> {
         let mut guard = lock(&self.kept);
+        if self.progress.failed() {
+            return Err(SignerError::Unavailable);
+        }
         let Kept { state, store } = &mut *guard;
         let mut txn = Txn::new(state);
         let out = f(&mut txn)?;
         let change = txn.change();
         if !change.is_empty() {
-            if let Err(e) = store.save_change(&txn, &change) {
-                tracing::error!(node = %self.node_id, error = %e, "signer state not saved; answer withheld");
-                return Err(SignerError::Unavailable);
-            }
+            // Numbered and submitted under the lock: the store saves in this order.
+            let (seq, progress, node) =
+                (self.progress.submit(), self.progress.clone(), self.node_id);
+            let saved = Box::new(move |result: Result<(), StateError>| {
+                if let Err(e) = &result {
+                    tracing::error!(%node, error = %e, "signer state not saved: this node's signer stops answering");
+                }
+                progress.saved(seq, result.is_ok());
+            });
+            store.submit_change(&txn, &change, saved);
         }
         txn.keep();
         Ok(out)
@@ -1058,11 +1073,24 @@ impl Handler for SeedSigner {
     }
 
     fn handle(&self, request: Request) -> Result<Response, SignerError> {
+        self.answer(request).settled_blocking()
+    }
+
+    fn broken(&self) -> bool {
+        self.progress.failed()
+    }
+
+    fn answer(&self, request: Request) -> Answer {
+        if self.progress.failed() {
+            return Answer::ready(Err(SignerError::Unavailable));
+        }
         let kind = request.kind();
         // LDK asserts on data it expects to be well-formed; from a host that data is input, so
         // a panic is one more way of saying "malformed".
-        catch_unwind(AssertUnwindSafe(|| self.dispatch(request)))
-            .unwrap_or_else(|_| Err(self.malformed(kind, "LDK rejected the request's data")))
+        let result = catch_unwind(AssertUnwindSafe(|| self.dispatch(request)))
+            .unwrap_or_else(|_| Err(self.malformed(kind, "LDK rejected the request's data")));
+        // Even an answer that changed nothing may rest on a change still being saved.
+        Answer::after(result, self.progress.barrier())
     }
 }
 
@@ -1970,6 +1998,107 @@ mod tests {
         )
         .expect("approved HTLC");
         refused(approve(40_000_000), "velocity");
+    }
+
+    /// Keeps its saves waiting until the test says how they went.
+    #[derive(Clone, Default)]
+    struct HeldSaves(Arc<Mutex<Vec<crate::signer::state::SaveDone>>>);
+
+    impl HeldSaves {
+        fn finish(&self, ok: bool) -> usize {
+            let held: Vec<_> = lock(&self.0).drain(..).collect();
+            let n = held.len();
+            for saved in held {
+                saved(if ok {
+                    Ok(())
+                } else {
+                    Err(StateError::Corrupt {
+                        path: "held".into(),
+                        reason: "the disk is full".into(),
+                    })
+                });
+            }
+            n
+        }
+    }
+
+    impl StateStore for HeldSaves {
+        fn load(&mut self) -> Result<SignerState, StateError> {
+            Ok(SignerState::default())
+        }
+        fn save(&mut self, _: &SignerState) -> Result<(), StateError> {
+            unreachable!("the signer submits its changes")
+        }
+        fn submit_change(
+            &mut self,
+            _: &SignerState,
+            _: &crate::signer::state::StateChange,
+            saved: crate::signer::state::SaveDone,
+        ) {
+            lock(&self.0).push(saved);
+        }
+    }
+
+    /// Whether `answer` may be sent now (without waiting), and what it says.
+    fn settled_now(answer: Answer) -> Option<Result<Response, SignerError>> {
+        use std::future::Future;
+        let mut settled = std::pin::pin!(answer.settled());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match settled.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => Some(result),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn answers_wait_for_the_state_they_rest_on_and_a_lost_save_stops_the_signer() {
+        let saves = HeldSaves::default();
+        let signer = signer_with(Policy::new(limits()), Box::new(saves.clone()));
+        let keys = signer.answer(Request::NewChannelKeys { count: 1 });
+        let Some(Ok(Response::ChannelKeys(sets))) = settled_now(keys) else {
+            panic!("fresh keys change no state");
+        };
+        let points = || Request::PerCommitmentPoints {
+            keys_id: sets[0].keys_id,
+            first: TOP,
+            count: 1,
+        };
+        let ch = Channel::unapproved(&signer, 1, false);
+        let approval = signer.answer(ch.approval(0));
+        // Computed at once, but held until the approval is on disk; so is an answer that
+        // changed nothing itself, since it was computed from the unsaved state.
+        let after = signer.answer(points());
+        assert!(settled_now(signer.answer(points())).is_none());
+        assert_eq!(saves.finish(true), 1, "one save per change");
+        assert!(matches!(
+            settled_now(approval),
+            Some(Ok(Response::Accepted))
+        ));
+        assert!(matches!(settled_now(after), Some(Ok(Response::Points(_)))));
+
+        // A save that fails withholds its answer, and the signer answers nothing more.
+        let tx = ch.counterparty_tx(TOP, 400_000, vec![]);
+        let signed = signer.answer(Request::SignCounterpartyCommitment {
+            keys_id: ch.keys_id,
+            params: ch.params.clone(),
+            tx,
+            inbound_preimages: vec![],
+            outbound_preimages: vec![],
+            revocation: None,
+        });
+        assert!(settled_now(signer.answer(points())).is_none());
+        assert!(!signer.broken());
+        saves.finish(false);
+        assert!(signer.broken());
+        assert!(matches!(
+            settled_now(signed),
+            Some(Err(SignerError::Unavailable))
+        ));
+        assert!(matches!(
+            signer.handle(points()),
+            Err(SignerError::Unavailable)
+        ));
+        assert_eq!(saves.finish(true), 0, "nothing more was submitted");
     }
 
     #[test]

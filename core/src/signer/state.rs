@@ -149,7 +149,15 @@ pub trait StateStore: Send {
         let _ = change;
         self.save(next)
     }
+    /// [`StateStore::save_change`] without waiting: `saved` is told the outcome once the
+    /// change is durable or is not. Changes become durable in the order they are submitted.
+    fn submit_change(&mut self, next: &SignerState, change: &StateChange, saved: SaveDone) {
+        saved(self.save_change(next, change));
+    }
 }
+
+/// Told whether a submitted change was saved; called on whatever thread saved it.
+pub type SaveDone = Box<dyn FnOnce(Result<(), StateError>) + Send>;
 
 /// What one [`Txn`] changed: the rows a store writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -32,7 +33,8 @@ use rusqlite::{params, Connection, ErrorCode};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::state::{
-    ApprovedPayment, ChannelState, SignerState, Spent, StateChange, StateError, StateStore,
+    ApprovedPayment, ChannelState, SaveDone, SignerState, Spent, StateChange, StateError,
+    StateStore,
 };
 use crate::group_commit::{Failure, WriteStats, Writer};
 
@@ -75,6 +77,8 @@ pub struct SqliteStateStore {
     /// The next save rewrites every row of the node: set until a load, and after a failed
     /// save (whose commit may or may not have happened).
     rewrite: bool,
+    /// A submitted save failed (told on the writer thread): the next save rewrites too.
+    failed: Arc<AtomicBool>,
     /// Held while the store lives; the kernel releases it when the process dies.
     _lock: File,
 }
@@ -110,6 +114,7 @@ impl SqliteStateStore {
             node: node_id.to_string(),
             spent_first: 0,
             rewrite: true,
+            failed: Arc::default(),
             _lock: lock,
         };
         store.migrate_file(&dir.join(format!("{node_id}.signer-state.json")))?;
@@ -163,6 +168,14 @@ impl SqliteStateStore {
         Ok(())
     }
 
+    /// The rows to write for `change`: every row of the node after a failed save.
+    fn change(&mut self, next: &SignerState, change: &StateChange) -> Result<Change, StateError> {
+        if self.rewrite || self.failed.swap(false, Ordering::Relaxed) {
+            return Change::full(&self.node, next).map_err(|e| self.db.error(e));
+        }
+        Change::rows(&self.node, self.spent_first, next, change).map_err(|e| self.db.error(e))
+    }
+
     fn write(&mut self, change: Change) -> Result<(), StateError> {
         let spent_first = change.spent_first;
         self.rewrite = true;
@@ -195,12 +208,29 @@ impl StateStore for SqliteStateStore {
     }
 
     fn save_change(&mut self, next: &SignerState, change: &StateChange) -> Result<(), StateError> {
-        if self.rewrite {
-            return self.save(next);
-        }
-        let change = Change::rows(&self.node, self.spent_first, next, change)
-            .map_err(|e| self.db.error(e))?;
+        let change = self.change(next, change)?;
         self.write(change)
+    }
+
+    fn submit_change(&mut self, next: &SignerState, change: &StateChange, saved: SaveDone) {
+        let change = match self.change(next, change) {
+            Ok(change) => change,
+            Err(e) => return saved(Err(e)),
+        };
+        // Counted as saved now; a failure makes the next save rewrite the node instead.
+        self.spent_first = change.spent_first;
+        self.rewrite = false;
+        // Not the `Db`: its last reference must not be dropped on its own writer thread.
+        let (path, failed) = (self.db.path.clone(), self.failed.clone());
+        self.db.writer.submit(
+            move |conn| change.apply(conn),
+            move |result| {
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                saved(result.map_err(|e| db_error(&path, e)))
+            },
+        );
     }
 }
 

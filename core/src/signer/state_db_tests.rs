@@ -176,6 +176,30 @@ fn saved_changes_write_only_what_changed_and_load_back_equal() {
 }
 
 #[test]
+fn submitted_changes_are_saved_in_order_without_waiting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = SqliteStateStore::in_dir(dir.path(), &node(1)).expect("store");
+    let mut previous = store.load().expect("load");
+    let (done, outcomes) = std::sync::mpsc::channel();
+    for g in 1..40 {
+        let next = generation(g);
+        let done = done.clone();
+        store.submit_change(
+            &next,
+            &diff(&previous, &next),
+            Box::new(move |result| done.send((g, result.is_ok())).unwrap()),
+        );
+        previous = next;
+    }
+    drop(done);
+    let outcomes: Vec<(u64, bool)> = outcomes.iter().collect();
+    assert_eq!(outcomes, (1..40).map(|g| (g, true)).collect::<Vec<_>>());
+    drop(store);
+    let mut store = SqliteStateStore::in_dir(dir.path(), &node(1)).expect("reopen");
+    assert_eq!(store.load().expect("load"), previous);
+}
+
+#[test]
 fn nodes_of_one_directory_share_the_database_but_not_their_state() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut a = SqliteStateStore::in_dir(dir.path(), &node(1)).expect("a");
