@@ -180,6 +180,9 @@ impl RpcClient {
                 addr: addr.clone(),
                 source,
             })?;
+        // The request follows the TLS handshake's last flight at once: without this, Nagle
+        // holds it until that flight is acknowledged, which the server delays (~40 ms a call).
+        tcp.set_nodelay(true)?;
         let request = format!(
             "POST / HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             inner.auth,
