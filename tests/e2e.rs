@@ -1,6 +1,7 @@
 //! End to end on a real btcd regtest chain: a host of three nodes and a second host process of
 //! one, channels within and across hosts over TCP, payments both ways, a kill -9 and restart,
-//! a cooperative close and a force close whose funds are swept back to the wallet. Every
+//! a cooperative close and a force close whose funds are swept back to the wallet, and the
+//! closed channels' monitors archived once resolved (4,000 blocks later). Every
 //! signature comes from `flotilla signer` processes (one per host) over gRPC/TLS.
 
 use std::path::{Path, PathBuf};
@@ -279,6 +280,47 @@ async fn hosts_open_pay_restart_and_close() {
     );
     let store_rows = a.must(req("payments", "a0")).await;
     assert!(!store_rows.as_array().unwrap().is_empty());
+
+    // Closed and resolved channels are archived: LDK waits 4032 blocks after a monitor's
+    // balances clear, the host looks every 144 blocks. Archived monitors are no longer fed
+    // blocks nor loaded at start; the open a2-b0 channel is still watched and still pays.
+    let watched = |v: &Value| v["watched_channels"].as_u64().unwrap();
+    assert_eq!(watched(&a.must(req("balance", "a1")).await), 2);
+    chain.mine(4032 + 3 * 144).await.unwrap();
+    for node in ["a0", "a1"] {
+        a.wait_for("resolved channels archived", req("balance", node), |v| {
+            watched(v) == 0
+        })
+        .await;
+    }
+    let archived = |db: &Path| -> i64 {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM kv WHERE primary_namespace = 'archived_monitors'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    // a0's and a1's sides of a0-a1, a1's of a1-a2 (a2's own side may follow).
+    assert!(archived(&a_db) >= 3, "{} archived", archived(&a_db));
+    assert!(watched(&a.must(req("balance", "a2")).await) >= 1);
+    a.stop().await;
+    let mut a = HostProcess::start(&dir, "a", &chain_json, port_a, &host_a_nodes)
+        .await
+        .unwrap();
+    a.ready().await.unwrap();
+    assert_eq!(watched(&a.must(req("balance", "a1")).await), 0);
+    a.wait_for(
+        "a2-b0 usable after the archive",
+        req("channels", "a2"),
+        |v| channel_to(v, &b0).is_some_and(|c| c["usable"] == true),
+    )
+    .await;
+    let i6 = invoice(&mut b, "b0", 1_000_000).await;
+    pay(&mut a, "a2", i6).await;
 
     a.stop().await;
     b.stop().await;

@@ -202,7 +202,8 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
             let n = get(&node)?;
             let channels_msat: u64 = n.channels().iter().map(|c| c.outbound_capacity_msat).sum();
             json!({"wallet": n.wallet_balance(), "channels_outbound_msat": channels_msat,
-                   "claimable_on_chain_sat": n.claimable_on_chain_sat()})
+                   "claimable_on_chain_sat": n.claimable_on_chain_sat(),
+                   "watched_channels": n.watched_channels()})
         }
         Request::Connect { node, peer, addr } => {
             get(&node)?.connect(pubkey(&peer)?, addr).await?;

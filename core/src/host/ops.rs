@@ -275,6 +275,12 @@ impl Node {
         rx
     }
 
+    /// Channels whose monitor still watches the chain: open ones, and closed ones until they
+    /// are resolved and archived.
+    pub fn watched_channels(&self) -> usize {
+        self.chain_monitor.list_monitors().len()
+    }
+
     /// Balances LDK can claim on-chain from channels (closing or closed), in satoshis.
     pub fn claimable_on_chain_sat(&self) -> u64 {
         self.chain_monitor
