@@ -286,6 +286,20 @@ async fn hosts_open_pay_restart_and_close() {
     // blocks nor loaded at start; the open a2-b0 channel is still watched and still pays.
     let watched = |v: &Value| v["watched_channels"].as_u64().unwrap();
     assert_eq!(watched(&a.must(req("balance", "a1")).await), 2);
+    // What the host carries to a1's signer for its channels (revocations, holder commitments).
+    let carried_rows = |db: &Path| -> i64 {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM kv WHERE scope = ?1 AND primary_namespace = 'signer'
+             AND secondary_namespace IN ('revocations', 'holder_commitments')",
+            [&a1],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert!(carried_rows(&a_db) > 0);
     chain.mine(4032 + 3 * 144).await.unwrap();
     for node in ["a0", "a1"] {
         a.wait_for("resolved channels archived", req("balance", node), |v| {
@@ -306,6 +320,7 @@ async fn hosts_open_pay_restart_and_close() {
     };
     // a0's and a1's sides of a0-a1, a1's of a1-a2 (a2's own side may follow).
     assert!(archived(&a_db) >= 3, "{} archived", archived(&a_db));
+    assert_eq!(carried_rows(&a_db), 0, "a1's notes left with its channels");
     assert!(watched(&a.must(req("balance", "a2")).await) >= 1);
     a.stop().await;
     let mut a = HostProcess::start(&dir, "a", &chain_json, port_a, &host_a_nodes)

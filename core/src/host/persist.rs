@@ -77,6 +77,8 @@ pub struct MonitorPersister {
     /// Whether changes wait for [`save`] (the shared driver) or are written at once, whole
     /// (LDK's own background loop, which saves only the manager).
     deferred: bool,
+    /// The node's keys: their notes for the signer go when a channel is archived.
+    keys: Keys,
     /// Changes waiting for [`save`], by channel.
     noted: Mutex<HashMap<ChannelId, Noted>>,
     wake: Notify,
@@ -97,13 +99,14 @@ impl MonitorPersister {
             logger,
             FULL_EVERY,
             keys.clone(),
-            keys,
+            keys.clone(),
             broadcaster,
             fees,
         );
         MonitorPersister {
             kv,
             reader,
+            keys,
             deferred,
             noted: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -227,8 +230,10 @@ impl Persist<RemoteChannelSigner> for MonitorPersister {
                 return;
             }
         };
-        // The archived copy replaces the live one and its updates in one transaction.
-        let changes = vec![
+        // The archived copy replaces the live one and its updates in one transaction, and the
+        // channel's notes for the signer go with them (it signs nothing more for it).
+        let funding = monitor.get_funding_txo().into_bitcoin_outpoint();
+        let mut changes = vec![
             KvWrite::put(
                 ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_PRIMARY_NAMESPACE,
                 ARCHIVED_CHANNEL_MONITOR_PERSISTENCE_SECONDARY_NAMESPACE,
@@ -242,6 +247,7 @@ impl Persist<RemoteChannelSigner> for MonitorPersister {
             ),
             KvWrite::clear(CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE, &key),
         ];
+        changes.extend(self.keys.carried().forget_funding(funding));
         if let Err(e) = self.kv.write_all(changes) {
             tracing::warn!(error = %e, "archiving a channel monitor failed");
         }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bitcoin::hex::{DisplayHex, FromHex};
+use bitcoin::OutPoint;
 use lightning::util::persist::KVStoreSync;
 use prost::Message;
 
@@ -66,6 +67,28 @@ impl Carried {
 
     pub fn holder(&self, keys_id: &KeysId) -> Option<HolderCommitment> {
         self.holders.latest(keys_id)
+    }
+
+    /// Forgets the notes of the channel funded by `funding` (found by its holder commitment,
+    /// which spends it) and returns the writes that delete them: for a channel whose monitor
+    /// is archived, so notes do not pile up with every channel a node ever had.
+    pub fn forget_funding(&self, funding: OutPoint) -> Vec<KvWrite> {
+        let gone: Vec<KeysId> = self
+            .holders
+            .lock()
+            .iter()
+            .filter(|(_, l)| {
+                let tx = &l.note.tx.trust().built_transaction().transaction;
+                tx.input.first().map(|i| i.previous_output) == Some(funding)
+            })
+            .map(|(keys_id, _)| *keys_id)
+            .collect();
+        let mut writes = Vec::new();
+        for keys_id in gone {
+            writes.extend(self.revocations.forget(&keys_id));
+            writes.extend(self.holders.forget(&keys_id));
+        }
+        writes
     }
 
     /// Writes for the notes recorded since the last call; they count as saved from now on (a
@@ -147,6 +170,13 @@ impl<T: Note> PerChannel<T> {
         self.lock().insert(keys_id, Latest { note, saved: false });
     }
 
+    /// Drops the channel's note; the write deleting its row if there was one.
+    fn forget(&self, keys_id: &KeysId) -> Option<KvWrite> {
+        self.lock().remove(keys_id)?;
+        let name = keys_id.to_lower_hex_string();
+        Some(KvWrite::remove(NAMESPACE, T::SUB, &name))
+    }
+
     fn latest(&self, keys_id: &KeysId) -> Option<T> {
         self.lock().get(keys_id).map(|l| l.note.clone())
     }
@@ -215,6 +245,27 @@ mod tests {
         assert!(reloaded.unsaved().is_empty(), "loaded ones are saved");
         reloaded.record_revocation([2; 32], second);
         assert_eq!(reloaded.unsaved().len(), 1);
+
+        // Archiving the channel funded where its holder commitment spends takes both of its
+        // notes, and only its.
+        let funding = holder.tx.trust().built_transaction().transaction.input[0].previous_output;
+        let elsewhere = OutPoint {
+            vout: funding.vout + 1,
+            ..funding
+        };
+        assert!(reloaded.forget_funding(elsewhere).is_empty());
+        let writes = reloaded.forget_funding(funding);
+        assert_eq!(writes.len(), 2, "its revocation and its holder commitment");
+        kv.write_all(writes).expect("write");
+        let reloaded = Carried::load(&kv).expect("load");
+        assert_eq!(reloaded.revocation(&[1; 32]), None);
+        assert!(reloaded.holder(&[1; 32]).is_none());
+        assert_eq!(
+            reloaded.revocation(&[2; 32]),
+            Some(first),
+            "another channel's stays"
+        );
+        assert!(reloaded.forget_funding(funding).is_empty());
 
         kv.write(
             NAMESPACE,
