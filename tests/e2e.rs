@@ -311,9 +311,9 @@ async fn hosts_open_pay_restart_and_close() {
         })
         .await;
     }
-    let archived = || kv_rows(&a_db, &a1, "primary_namespace = 'archived_monitors'");
     // a1's sides of a0-a1 and a1-a2 (a0's and a2's are in their own scopes).
-    assert_eq!(archived(), 2);
+    let archived = kv_rows(&a_db, &a1, "primary_namespace = 'archived_monitors'");
+    assert_eq!(archived, 2);
     assert_eq!(carried_rows(), 0, "a1's notes left with its channels");
     assert!(watched(&a.must(req("balance", "a2")).await) >= 1);
     a.stop().await;

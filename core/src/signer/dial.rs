@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 
-use super::protocol::{Answer, Handler, Request};
+use super::protocol::{Answer, Handler, Request, Response, SignerError};
 use super::wire::proto::signer_hub_client::SignerHubClient;
 use super::wire::proto::{self, hub_message, signer_message, HubMessage, SignerMessage};
 use super::wire::{encode_handover, encode_response, RequestDecoder};
@@ -285,10 +285,8 @@ async fn attach(
             // the host sends no HTLC for this payment before the answer).
             let (handler, tx, stats) = (handler.clone(), tx.clone(), stats.clone());
             tokio::task::spawn_blocking(move || {
-                let answer = encode_response(id, &handler.handle(request));
-                let answer = signer_message::Msg::Response(answer);
                 if tx
-                    .blocking_send(SignerMessage { msg: Some(answer) })
+                    .blocking_send(response(id, &handler.handle(request)))
                     .is_ok()
                 {
                     stats.answered.fetch_add(1, Ordering::Relaxed);
@@ -322,12 +320,18 @@ async fn send_answers(
     stats: Arc<DialStats>,
 ) {
     while let Some((id, answer)) = queued.recv().await {
-        let answer = encode_response(id, &answer.settled().await);
-        let answer = signer_message::Msg::Response(answer);
-        if tx.send(SignerMessage { msg: Some(answer) }).await.is_err() || handler.broken() {
+        let message = response(id, &answer.settled().await);
+        if tx.send(message).await.is_err() || handler.broken() {
             return;
         }
         stats.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The message carrying the answer to request `id`.
+fn response(id: u64, result: &Result<Response, SignerError>) -> SignerMessage {
+    SignerMessage {
+        msg: Some(signer_message::Msg::Response(encode_response(id, result))),
     }
 }
 

@@ -73,10 +73,16 @@ impl Progress {
     }
 
     fn reached(&self, seq: u64) -> Option<Result<(), SignerError>> {
-        let saved = self.lock();
-        if saved.failed {
+        self.lock().reached(seq)
+    }
+}
+
+impl Saved {
+    /// Whether change `seq` and every one before it are settled: durable, or one failed.
+    fn reached(&self, seq: u64) -> Option<Result<(), SignerError>> {
+        if self.failed {
             Some(Err(SignerError::Unavailable))
-        } else if saved.durable >= seq {
+        } else if self.durable >= seq {
             Some(Ok(()))
         } else {
             None
@@ -114,11 +120,8 @@ impl Durable {
         crate::blocking::wait_blocking(|| {
             let mut saved = self.progress.lock();
             loop {
-                if saved.failed {
-                    return Err(SignerError::Unavailable);
-                }
-                if saved.durable >= self.seq {
-                    return Ok(());
+                if let Some(reached) = saved.reached(self.seq) {
+                    return reached;
                 }
                 saved = self
                     .progress

@@ -210,9 +210,6 @@ impl SeedSigner {
         f: impl FnOnce(&mut Txn) -> Result<T, SignerError>,
     ) -> Result<T, SignerError> {
         let mut guard = lock(&self.kept);
-        if self.progress.failed() {
-            return Err(SignerError::Unavailable);
-        }
         let Kept { state, store } = &mut *guard;
         let mut txn = Txn::new(state);
         let out = f(&mut txn)?;
@@ -1081,6 +1078,7 @@ impl Handler for SeedSigner {
     }
 
     fn answer(&self, request: Request) -> Answer {
+        // The one way in (`handle` comes here too): a broken signer answers nothing.
         if self.progress.failed() {
             return Answer::ready(Err(SignerError::Unavailable));
         }

@@ -75,10 +75,9 @@ pub struct SqliteStateStore {
     /// Sequence number of the first saved velocity entry (`signer_spent.seq`).
     spent_first: i64,
     /// The next save rewrites every row of the node: set until a load, and after a failed
-    /// save (whose commit may or may not have happened).
-    rewrite: bool,
-    /// A submitted save failed (told on the writer thread): the next save rewrites too.
-    failed: Arc<AtomicBool>,
+    /// save (whose commit may or may not have happened; a submitted one sets it on the
+    /// writer thread).
+    stale: Arc<AtomicBool>,
     /// Held while the store lives; the kernel releases it when the process dies.
     _lock: File,
 }
@@ -113,8 +112,7 @@ impl SqliteStateStore {
             db,
             node: node_id.to_string(),
             spent_first: 0,
-            rewrite: true,
-            failed: Arc::default(),
+            stale: Arc::new(AtomicBool::new(true)),
             _lock: lock,
         };
         store.migrate_file(&dir.join(format!("{node_id}.signer-state.json")))?;
@@ -168,24 +166,25 @@ impl SqliteStateStore {
         Ok(())
     }
 
-    /// The rows to write for `change`: every row of the node after a failed save.
+    /// The rows to write for `change`: every row of the node while it is stale.
     fn change(&mut self, next: &SignerState, change: &StateChange) -> Result<Change, StateError> {
-        if self.rewrite || self.failed.swap(false, Ordering::Relaxed) {
+        if self.stale.swap(false, Ordering::Relaxed) {
             return Change::full(&self.node, next).map_err(|e| self.db.error(e));
         }
         Change::rows(&self.node, self.spent_first, next, change).map_err(|e| self.db.error(e))
     }
 
+    /// Writes `change` and waits for its commit. Counted as saved from the start, as a
+    /// submitted change is: a failure makes the node stale instead.
     fn write(&mut self, change: Change) -> Result<(), StateError> {
-        let spent_first = change.spent_first;
-        self.rewrite = true;
+        self.spent_first = change.spent_first;
         self.db
             .writer
             .write(move |conn| change.apply(conn))
-            .map_err(|e| self.db.error(e))?;
-        self.rewrite = false;
-        self.spent_first = spent_first;
-        Ok(())
+            .map_err(|e| {
+                self.stale.store(true, Ordering::Relaxed);
+                self.db.error(e)
+            })
     }
 }
 
@@ -198,12 +197,13 @@ impl StateStore for SqliteStateStore {
             .write(move |conn| read_state(conn, &node))
             .map_err(|e| self.db.error(e))?;
         self.spent_first = spent_first;
-        self.rewrite = false;
+        self.stale.store(false, Ordering::Relaxed);
         Ok(state)
     }
 
     fn save(&mut self, state: &SignerState) -> Result<(), StateError> {
         let change = Change::full(&self.node, state).map_err(|e| self.db.error(e))?;
+        self.stale.store(false, Ordering::Relaxed);
         self.write(change)
     }
 
@@ -217,16 +217,15 @@ impl StateStore for SqliteStateStore {
             Ok(change) => change,
             Err(e) => return saved(Err(e)),
         };
-        // Counted as saved now; a failure makes the next save rewrite the node instead.
+        // Counted as saved now; a failure makes the node stale instead.
         self.spent_first = change.spent_first;
-        self.rewrite = false;
         // Not the `Db`: its last reference must not be dropped on its own writer thread.
-        let (path, failed) = (self.db.path.clone(), self.failed.clone());
+        let (path, stale) = (self.db.path.clone(), self.stale.clone());
         self.db.writer.submit(
             move |conn| change.apply(conn),
             move |result| {
                 if result.is_err() {
-                    failed.store(true, Ordering::Relaxed);
+                    stale.store(true, Ordering::Relaxed);
                 }
                 saved(result.map_err(|e| db_error(&path, e)))
             },
