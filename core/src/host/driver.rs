@@ -182,19 +182,29 @@ fn save(node: &Node) -> Result<(), lightning::io::Error> {
     )
 }
 
-/// Shortest and longest wait before HTLCs are forwarded (and received: LDK processes both
-/// together).
+/// Shortest and longest wait before a node with announced channels forwards HTLCs (and
+/// receives: LDK processes both together).
 const FORWARD_DELAY_MS: (u64, u64) = (10, 50);
 
-/// A random wait of [`FORWARD_DELAY_MS`] before forwarding HTLCs: batches them under load, and
-/// keeps forward timing from revealing the route. Hosted nodes are mostly payment endpoints,
-/// and a received payment waits out the same delay, so it is kept to a jitter the size of
-/// network latency rather than LDK's 100 ms (`flotilla-bench payments` measures the cost).
+/// How long pending HTLCs wait before they are processed. A node that may forward for the
+/// network (it has an announced channel) waits a random [`FORWARD_DELAY_MS`], so forward timing
+/// does not reveal the route (LDK's own loop waits ~50 ms). A node whose channels are all
+/// unannounced (most hosted nodes) can only be the payment's end, which its peer knows
+/// already: a delay hides nothing there and would add its whole length to every payment it
+/// receives, so it processes them at once (under load they still batch: they pile up while
+/// the node's task is busy).
 fn forward_delay(node: &Node) -> Duration {
+    if !node.announced() {
+        return Duration::ZERO;
+    }
     let bytes = node.keys.get_secure_random_bytes();
-    let r = u16::from_le_bytes([bytes[0], bytes[1]]) as u64;
+    random_forward_delay(u16::from_le_bytes([bytes[0], bytes[1]]))
+}
+
+/// The point `r` of `u16`'s range maps to in [`FORWARD_DELAY_MS`].
+fn random_forward_delay(r: u16) -> Duration {
     let (min, max) = FORWARD_DELAY_MS;
-    Duration::from_micros(min * 1000 + r * (max - min) * 1000 / u16::MAX as u64)
+    Duration::from_micros(min * 1000 + r as u64 * (max - min) * 1000 / u16::MAX as u64)
 }
 
 /// Ticks every running node's timers, the work LDK's loop does on its own timers per node:
@@ -234,4 +244,20 @@ fn tick_node(node: &Node, ticks: u64) {
     }
     // Timers queue messages (pings, channel updates); send them now, not at the next event.
     node.peer_manager.process_events();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_delays_span_their_range() {
+        let ms = |r| random_forward_delay(r).as_millis() as u64;
+        assert_eq!(ms(0), FORWARD_DELAY_MS.0);
+        assert_eq!(ms(u16::MAX), FORWARD_DELAY_MS.1);
+        assert_eq!(
+            ms(u16::MAX / 2),
+            (FORWARD_DELAY_MS.0 + FORWARD_DELAY_MS.1) / 2 - 1
+        );
+    }
 }

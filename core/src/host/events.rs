@@ -8,7 +8,7 @@ use serde_json::json;
 use super::error::HostError;
 use super::node::{Node, PaymentOutcome};
 use crate::signer::protocol::Request;
-use crate::store::{ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus};
+use crate::store::{ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus, Rows};
 use crate::wallet::WalletError;
 
 fn now() -> i64 {
@@ -23,9 +23,27 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Handles one event. An error makes LDK replay the event later, so every step is idempotent.
+/// The rows it changes are written in one commit, before anyone waiting on a payment's
+/// outcome hears it (so the payment they may read next is there).
 pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
+    let mut rows = Rows::default();
+    let outcome = act(node, event, &mut rows).await?;
+    node.store().write_rows(rows)?;
+    if let Some((hash, outcome)) = outcome {
+        resolve(node, hash, outcome);
+    }
+    Ok(())
+}
+
+/// What `event` makes the node do, and the rows it changes; a payment's outcome, if it ended.
+async fn act(
+    node: &Node,
+    event: Event,
+    rows: &mut Rows,
+) -> Result<Option<([u8; 32], PaymentOutcome)>, HostError> {
     let node_id = node.id.to_string();
     let store = node.store();
+    let mut outcome = None;
     match event {
         Event::FundingGenerationReady {
             temporary_channel_id,
@@ -69,11 +87,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                         &counterparty_node_id,
                         format!("funding failed: {e}"),
                     );
-                    store.insert_event(
-                        &node_id,
-                        "funding_failed",
-                        &json!({"error": e.to_string()}),
-                    )?;
+                    rows.event(&node_id, "funding_failed", &json!({"error": e.to_string()}))?;
                 }
             }
         }
@@ -104,7 +118,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                 PaymentPurpose::SpontaneousPayment(p) => Some(hex(&p.0)),
             };
             let hash = hex(&payment_hash.0);
-            store.upsert_payment(&PaymentRow {
+            rows.payment(PaymentRow {
                 amount_msat: Some(amount_msat),
                 preimage,
                 ..payment_update(
@@ -114,12 +128,12 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                     PaymentStatus::Succeeded,
                 )
             })?;
-            store.insert_event(
+            rows.event(
                 &node_id,
                 "payment_received",
                 &json!({"payment_hash": hash, "amount_msat": amount_msat}),
             )?;
-            refresh_channels(node)?;
+            refresh_channels(node, rows)?;
         }
         Event::PaymentSent {
             payment_hash,
@@ -129,7 +143,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             ..
         } => {
             let hash = hex(&payment_hash.0);
-            store.upsert_payment(&PaymentRow {
+            rows.payment(PaymentRow {
                 amount_msat,
                 fee_msat: fee_paid_msat,
                 preimage: Some(hex(&payment_preimage.0)),
@@ -140,20 +154,19 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                     PaymentStatus::Succeeded,
                 )
             })?;
-            store.insert_event(
+            rows.event(
                 &node_id,
                 "payment_sent",
                 &json!({"payment_hash": hash, "fee_msat": fee_paid_msat}),
             )?;
-            refresh_channels(node)?;
-            resolve(
-                node,
+            refresh_channels(node, rows)?;
+            outcome = Some((
                 payment_hash.0,
                 PaymentOutcome::Succeeded {
                     preimage: payment_preimage.0,
                     fee_msat: fee_paid_msat,
                 },
-            );
+            ));
         }
         Event::PaymentFailed {
             payment_hash,
@@ -163,16 +176,16 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             let reason = format!("{reason:?}");
             if let Some(payment_hash) = payment_hash {
                 let hash = hex(&payment_hash.0);
-                store.upsert_payment(&PaymentRow {
+                rows.payment(PaymentRow {
                     failure_reason: Some(reason.clone()),
                     ..payment_update(&node_id, &hash, Direction::Outbound, PaymentStatus::Failed)
                 })?;
-                store.insert_event(
+                rows.event(
                     &node_id,
                     "payment_failed",
                     &json!({"payment_hash": hash, "reason": reason}),
                 )?;
-                resolve(node, payment_hash.0, PaymentOutcome::Failed { reason });
+                outcome = Some((payment_hash.0, PaymentOutcome::Failed { reason }));
             }
         }
         Event::SpendableOutputs {
@@ -184,7 +197,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             node.sweeper
                 .track_spendable_outputs(outputs, channel_id, true, None)
                 .map_err(|_| HostError::Lightning("sweeper could not persist outputs".into()))?;
-            store.insert_event(
+            rows.event(
                 &node_id,
                 "spendable_outputs",
                 &json!({"channel_id": channel_id.map(|c| c.to_string())}),
@@ -196,7 +209,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             funding_txo,
             ..
         } => {
-            store.insert_event(
+            rows.event(
                 &node_id,
                 "channel_pending",
                 &json!({
@@ -205,14 +218,14 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                     "funding_txo": funding_txo.to_string(),
                 }),
             )?;
-            refresh_channels(node)?;
+            refresh_channels(node, rows)?;
         }
         Event::ChannelReady {
             channel_id,
             counterparty_node_id,
             ..
         } => {
-            store.insert_event(
+            rows.event(
                 &node_id,
                 "channel_ready",
                 &json!({
@@ -220,7 +233,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
                     "counterparty": counterparty_node_id.to_string(),
                 }),
             )?;
-            refresh_channels(node)?;
+            refresh_channels(node, rows)?;
         }
         Event::ChannelClosed {
             channel_id,
@@ -253,15 +266,16 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             row.status = ChannelStatus::Closed;
             row.close_reason = Some(reason.clone());
             row.updated_at = now();
-            store.upsert_channel(&row)?;
-            store.insert_event(
+            rows.channel(row)?;
+            node.note_announced(&node.channel_manager.list_channels());
+            rows.event(
                 &node_id,
                 "channel_closed",
                 &json!({"channel_id": id, "reason": reason}),
             )?;
         }
         Event::DiscardFunding { channel_id, .. } => {
-            store.insert_event(
+            rows.event(
                 &node_id,
                 "discard_funding",
                 &json!({"channel_id": channel_id.to_string()}),
@@ -319,7 +333,7 @@ pub(crate) async fn handle(node: &Node, event: Event) -> Result<(), HostError> {
             tracing::debug!(node = %node.alias, event = ?other, "event not acted on");
         }
     }
-    Ok(())
+    Ok(outcome)
 }
 
 /// A payment update from this node's event, now; see [`PaymentRow::update`].
@@ -343,10 +357,12 @@ fn resolve(node: &Node, hash: [u8; 32], outcome: PaymentOutcome) {
     }
 }
 
-/// Writes the node's open channels, with current balances, to the `channels` table.
-pub(crate) fn refresh_channels(node: &Node) -> Result<(), HostError> {
+/// Adds the current state of each of the node's open channels to `rows`.
+pub(crate) fn refresh_channels(node: &Node, rows: &mut Rows) -> Result<(), HostError> {
     let node_id = node.id.to_string();
-    for c in node.channel_manager.list_channels() {
+    let channels = node.channel_manager.list_channels();
+    node.note_announced(&channels);
+    for c in channels {
         let confirmed = c.funding_txo.is_some() && c.confirmations.unwrap_or(0) > 0;
         let status = if c.is_channel_ready || confirmed {
             ChannelStatus::Open
@@ -354,7 +370,7 @@ pub(crate) fn refresh_channels(node: &Node) -> Result<(), HostError> {
             ChannelStatus::Pending
         };
         let reserve = c.unspendable_punishment_reserve.unwrap_or(0) * 1000;
-        node.store().upsert_channel(&ChannelRow {
+        rows.channel(ChannelRow {
             node_id: node_id.clone(),
             channel_id: c.channel_id.to_string(),
             user_channel_id: c.user_channel_id.to_string(),

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +11,7 @@ use bitcoin::{Block, BlockHash};
 use lightning::chain::chaininterface::FeeEstimator;
 use lightning::chain::channelmonitor::ChannelMonitor;
 use lightning::chain::{BestBlock, ChannelMonitorUpdateStatus, Listen};
+use lightning::ln::channel_state::ChannelDetails;
 use lightning::ln::channelmanager::{ChainParameters, ChannelManagerReadArgs};
 use lightning::ln::msgs::DecodeError;
 use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
@@ -40,7 +42,7 @@ use crate::signer::link::SignerLink;
 use crate::signer::node_proxy::{RemoteKeys, RemoteWalletSigner};
 use crate::signer::pending::{Pending, Retry};
 use crate::signer::protocol::Handover;
-use crate::store::{KvStore, NodeRow, Store};
+use crate::store::{KvStore, NodeRow, Rows, Store};
 use crate::wallet::OnchainWallet;
 
 /// What every node of a host shares.
@@ -80,6 +82,10 @@ pub struct Node {
     pub(crate) address_book: Mutex<HashMap<PublicKey, SocketAddr>>,
     /// Callers of `pay_invoice` waiting for their payment's outcome, by payment hash.
     pub(crate) payment_waiters: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<PaymentOutcome>>>>,
+    /// Whether the node has an announced channel, so may forward for the network: only then
+    /// are its HTLCs held back a random delay (see `driver.rs`). Assumed until its channels
+    /// are first listed.
+    announced: AtomicBool,
 }
 
 /// How an outgoing payment ended.
@@ -461,6 +467,7 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             payment_waiters: Mutex::new(HashMap::new()),
             address_book: Mutex::new(address_book),
+            announced: AtomicBool::new(true),
         });
 
         // Answers that arrive after LDK heard "pending" make it retry.
@@ -505,8 +512,21 @@ impl Node {
             tokio::spawn(super::parking::watch_signer(node.clone(), pending)),
         ];
         *node.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
-        super::events::refresh_channels(&node)?;
+        let mut rows = Rows::default();
+        super::events::refresh_channels(&node, &mut rows)?;
+        node.store().write_rows(rows)?;
         Ok(node)
+    }
+
+    /// Notes whether any of `channels` (the node's open ones) is announced.
+    pub(crate) fn note_announced(&self, channels: &[ChannelDetails]) {
+        let any = channels.iter().any(|c| c.is_announced);
+        self.announced.store(any, Ordering::Relaxed);
+    }
+
+    /// Whether the node may forward for the network (it has an announced channel).
+    pub(crate) fn announced(&self) -> bool {
+        self.announced.load(Ordering::Relaxed)
     }
 
     pub(crate) fn store(&self) -> &Store {

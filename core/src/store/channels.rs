@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::sqlval::{opt, U64};
-use super::{validate, ChannelRow, ChannelStatus, Store, StoreError};
+use super::{validate, ChannelRow, ChannelStatus, Rows, Store, StoreError};
 
 const COLUMNS: &str = "node_id, channel_id, user_channel_id, counterparty_node_id, funding_txid, \
      funding_vout, capacity_sat, local_balance_msat, short_channel_id, status, close_reason, \
@@ -17,21 +17,9 @@ impl Store {
     /// channel id, close reason) is never erased by `None`, and a closed channel stays closed
     /// (a late event about it only fills in missing fields).
     pub fn upsert_channel(&self, row: &ChannelRow) -> Result<(), StoreError> {
-        validate::node_id("node_id", &row.node_id)?;
-        validate::hash32("channel_id", &row.channel_id)?;
-        validate::decimal_u128("user_channel_id", &row.user_channel_id)?;
-        validate::node_id("counterparty_node_id", &row.counterparty_node_id)?;
-        if let Some(txid) = &row.funding_txid {
-            validate::hash32("funding_txid", txid)?;
-        }
-        let row = row.clone();
-        self.write(move |conn| {
-            let merged = match select(conn, &row.node_id, &row.channel_id)? {
-                Some(old) => merge(old, &row),
-                None => row.clone(),
-            };
-            write(conn, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))
-        })
+        let mut rows = Rows::default();
+        rows.channel(row.clone())?;
+        self.write_rows(rows)
     }
 
     /// One channel of a node, if known.
@@ -53,6 +41,27 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// Refuses a row whose ids are malformed, before it is queued.
+pub(super) fn check(row: &ChannelRow) -> Result<(), StoreError> {
+    validate::node_id("node_id", &row.node_id)?;
+    validate::hash32("channel_id", &row.channel_id)?;
+    validate::decimal_u128("user_channel_id", &row.user_channel_id)?;
+    validate::node_id("counterparty_node_id", &row.counterparty_node_id)?;
+    if let Some(txid) = &row.funding_txid {
+        validate::hash32("funding_txid", txid)?;
+    }
+    Ok(())
+}
+
+/// Merges `row` into the stored one, within the caller's transaction.
+pub(super) fn upsert(conn: &Connection, row: &ChannelRow) -> Result<(), StoreError> {
+    let merged = match select(conn, &row.node_id, &row.channel_id)? {
+        Some(old) => merge(old, row),
+        None => row.clone(),
+    };
+    write(conn, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))
 }
 
 /// Combines the stored row with an update; see [`Store::upsert_channel`].

@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Type;
-use rusqlite::{params, Row};
+use rusqlite::{params, Connection, Row};
 
 use super::{EventRow, Store, StoreError};
 
@@ -16,17 +16,9 @@ impl Store {
         kind: &str,
         data: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let json = serde_json::to_string(data)
-            .map_err(|e| StoreError::InvalidValue(format!("event data: {e}")))?;
+        let json = encode(data)?;
         let (node_id, kind) = (node_id.to_owned(), kind.to_owned());
-        self.write(move |conn| {
-            Ok(conn
-                .prepare_cached(
-                    "INSERT INTO events (node_id, kind, data, created_at)
-                     VALUES (?1, ?2, ?3, ?4) RETURNING id",
-                )?
-                .query_row(params![node_id, kind, json, unix_now()], |r| r.get(0))?)
-        })
+        self.write(move |conn| insert(conn, &node_id, &kind, &json))
     }
 
     /// Up to `limit` events of `node_id` with an id greater than `after_id`, oldest first.
@@ -46,6 +38,26 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// An event's data as stored.
+pub(super) fn encode(data: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(data).map_err(|e| StoreError::InvalidValue(format!("event data: {e}")))
+}
+
+/// Appends an event within the caller's transaction; returns its id.
+pub(super) fn insert(
+    conn: &Connection,
+    node_id: &str,
+    kind: &str,
+    json: &str,
+) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO events (node_id, kind, data, created_at)
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )?
+        .query_row(params![node_id, kind, json, unix_now()], |r| r.get(0))?)
 }
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {

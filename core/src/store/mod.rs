@@ -9,6 +9,7 @@
 //! commits all writes queued meanwhile together ([`crate::group_commit`]); reads use their
 //! own connection, which WAL lets run beside the writer.
 
+mod batch;
 mod channels;
 mod error;
 mod events;
@@ -35,6 +36,7 @@ use rusqlite::Connection;
 use crate::group_commit::Writer;
 
 pub use crate::group_commit::WriteStats;
+pub use batch::Rows;
 pub use error::StoreError;
 pub use kv::{KvStore, KvWrite};
 pub use lock::lock_path;

@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::sqlval::{opt, U64};
-use super::{validate, Direction, PaymentRow, PaymentStatus, Store, StoreError};
+use super::{validate, Direction, PaymentRow, PaymentStatus, Rows, Store, StoreError};
 
 const COLUMNS: &str = "node_id, payment_hash, direction, status, amount_msat, fee_msat, \
      preimage, bolt11, failure_reason, created_at, updated_at";
@@ -19,19 +19,9 @@ impl Store {
     /// failure reason, which is dropped once the payment succeeds. `created_at` stays that of
     /// the first insert.
     pub fn upsert_payment(&self, row: &PaymentRow) -> Result<(), StoreError> {
-        validate::node_id("node_id", &row.node_id)?;
-        validate::hash32("payment_hash", &row.payment_hash)?;
-        if let Some(preimage) = &row.preimage {
-            validate::hash32("preimage", preimage)?;
-        }
-        let row = row.clone();
-        self.write(move |conn| {
-            let merged = match select(conn, &row.node_id, &row.payment_hash, row.direction)? {
-                Some(old) => merge(old, &row),
-                None => row.clone(),
-            };
-            write(conn, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))
-        })
+        let mut rows = Rows::default();
+        rows.payment(row.clone())?;
+        self.write_rows(rows)
     }
 
     /// One payment, if known.
@@ -54,6 +44,25 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+}
+
+/// Refuses a row whose keys or preimage are malformed, before it is queued.
+pub(super) fn check(row: &PaymentRow) -> Result<(), StoreError> {
+    validate::node_id("node_id", &row.node_id)?;
+    validate::hash32("payment_hash", &row.payment_hash)?;
+    if let Some(preimage) = &row.preimage {
+        validate::hash32("preimage", preimage)?;
+    }
+    Ok(())
+}
+
+/// Merges `row` into the stored one, within the caller's transaction.
+pub(super) fn upsert(conn: &Connection, row: &PaymentRow) -> Result<(), StoreError> {
+    let merged = match select(conn, &row.node_id, &row.payment_hash, row.direction)? {
+        Some(old) => merge(old, row),
+        None => row.clone(),
+    };
+    write(conn, &merged).map_err(|e| StoreError::from_node_write(e, &row.node_id))
 }
 
 /// Combines the stored row with an update; see [`Store::upsert_payment`].

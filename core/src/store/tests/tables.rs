@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 use super::{node, node_id, store_with_nodes, TempDir};
 use crate::store::{
-    ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus, Store, StoreError,
+    ChannelRow, ChannelStatus, Direction, PaymentRow, PaymentStatus, Rows, Store, StoreError,
 };
 
 fn channel(node: u8) -> ChannelRow {
@@ -277,4 +277,55 @@ fn events_page_by_id_per_node() {
     assert_eq!(store.events(&a, third, 10).unwrap(), vec![]);
     assert_eq!(store.events(&a, 0, 0).unwrap(), vec![]);
     assert_eq!(store.events(&b, 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn rows_are_written_in_one_commit_or_not_at_all() {
+    let dir = TempDir::new();
+    let store = store_with_nodes(&dir);
+    let commits = store.write_stats().commits;
+
+    let mut rows = Rows::default();
+    rows.payment(payment(PaymentStatus::Succeeded, 5)).unwrap();
+    rows.event(&node_id(2), "payment_sent", &serde_json::json!({"n": 1}))
+        .unwrap();
+    rows.channel(channel(2)).unwrap();
+    store.write_rows(rows).unwrap();
+    assert_eq!(store.write_stats().commits, commits + 1);
+    assert_eq!(store.payments(&node_id(2)).unwrap().len(), 1);
+    assert_eq!(store.events(&node_id(2), 0, 10).unwrap().len(), 1);
+    assert_eq!(store.channels(&node_id(2)).unwrap().len(), 1);
+
+    // A malformed row is refused as it is added, before anything is queued.
+    let mut bad = channel(3);
+    bad.channel_id = "zz".into();
+    assert!(matches!(
+        Rows::default().channel(bad),
+        Err(StoreError::InvalidValue(_))
+    ));
+
+    // One row the database refuses (unknown node) takes the others with it.
+    let mut rows = Rows::default();
+    rows.event(&node_id(3), "payment_received", &serde_json::json!(null))
+        .unwrap();
+    rows.payment(PaymentRow {
+        node_id: node_id(3),
+        ..payment(PaymentStatus::Pending, 6)
+    })
+    .unwrap();
+    rows.channel(channel(7)).unwrap();
+    assert!(matches!(
+        store.write_rows(rows),
+        Err(StoreError::UnknownNode { .. })
+    ));
+    assert_eq!(store.events(&node_id(3), 0, 10).unwrap(), vec![]);
+    assert_eq!(store.payments(&node_id(3)).unwrap(), vec![]);
+
+    let commits = store.write_stats().commits;
+    store.write_rows(Rows::default()).unwrap();
+    assert_eq!(
+        store.write_stats().commits,
+        commits,
+        "nothing to write, no commit"
+    );
 }
