@@ -99,10 +99,7 @@ impl RemoteChannelSigner {
     }
 
     fn key(&self, kind: &str, parts: &[&[u8]]) -> Key {
-        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-        all.push(&self.keys_id);
-        all.extend_from_slice(parts);
-        Key::of(kind, &all)
+        Key::of(self.keys_id, kind, parts)
     }
 
     /// The request key of a signature for input `input` of `tx`, and that index on the wire.

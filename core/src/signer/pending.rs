@@ -13,7 +13,7 @@ use super::link::SignerLink;
 use super::protocol::{Request, Response, SignerError};
 
 /// Which LDK component retries a signing operation once its answer is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Retry {
     /// The channel manager (commitment signatures, revocation secrets, closing).
     Channels = 1,
@@ -24,20 +24,28 @@ pub enum Retry {
 /// Tells the node's LDK components to retry operations that waited on the signer.
 pub type Unblock = Box<dyn Fn(Retry) + Send + Sync>;
 
-/// Identifies a request by what it signs, so LDK's retry finds its answer.
+/// Identifies a request by the channel it is for (its keys id) and what it signs, so LDK's
+/// retry finds its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Key([u8; 32]);
+pub struct Key {
+    channel: [u8; 32],
+    what: [u8; 32],
+}
 
 impl Key {
-    /// Hashes a request kind with the data that distinguishes one such request from another.
-    pub fn of(kind: &str, parts: &[&[u8]]) -> Key {
+    /// Hashes a request kind with the data that distinguishes one such request of `channel`
+    /// from another.
+    pub fn of(channel: [u8; 32], kind: &str, parts: &[&[u8]]) -> Key {
         let mut engine = sha256::Hash::engine();
         engine.input(kind.as_bytes());
         for part in parts {
             engine.input(&(part.len() as u64).to_le_bytes());
             engine.input(part);
         }
-        Key(sha256::Hash::from_engine(engine).to_byte_array())
+        Key {
+            channel,
+            what: sha256::Hash::from_engine(engine).to_byte_array(),
+        }
     }
 }
 
@@ -55,8 +63,41 @@ pub struct Pending {
 
 #[derive(Default)]
 struct State {
-    in_flight: HashSet<Key>,
+    in_flight: HashMap<Key, Retry>,
     ready: HashMap<Key, Answer>,
+    /// Channels (and the component retrying them) with an answer whose retry waits for the
+    /// channel's other requests to be answered too.
+    held: HashSet<([u8; 32], Retry)>,
+}
+
+impl State {
+    /// Notes an answer to `key` (lost: the signer went away) and says whether LDK should retry
+    /// now. While another request of the same channel for the same component is in flight the
+    /// retry waits for its answer (the signer answers in order, so it is right behind): LDK's
+    /// retry rebuilds every commitment the channel waits on, and one still unanswered would be
+    /// built for nothing, or built and set aside when it must go out after the other.
+    fn answered(&mut self, key: Key, retry: Retry, answer: Answer, inline: bool) -> bool {
+        self.in_flight.remove(&key);
+        let lost = matches!(answer, Err(SignerError::Unavailable | SignerError::Timeout));
+        if !lost {
+            // Nothing to keep if lost: LDK asks again when the signer is back (`retry_all`).
+            self.ready.insert(key, answer);
+        }
+        let group = (key.channel, retry);
+        let busy = self
+            .in_flight
+            .iter()
+            .any(|(k, r)| k.channel == key.channel && *r == retry);
+        if busy {
+            if !lost && !inline {
+                self.held.insert(group);
+            }
+            return false;
+        }
+        // An inline answer is collected by the call that sent it; a lost one needs no retry
+        // of its own, but answers held for it do.
+        self.held.remove(&group) || (!lost && !inline)
+    }
 }
 
 impl Pending {
@@ -97,7 +138,7 @@ impl Pending {
             if let Some(answer) = state.ready.remove(&key) {
                 return Self::deliver(key, answer, &mut state);
             }
-            if !state.in_flight.insert(key) {
+            if state.in_flight.insert(key, retry).is_some() {
                 return Err(());
             }
         }
@@ -109,18 +150,9 @@ impl Pending {
         self.link.send(
             request,
             Box::new(move |answer| {
-                {
-                    let mut state = this.lock();
-                    state.in_flight.remove(&key);
-                    match answer {
-                        // Nothing to keep: LDK asks again when the signer is back (see `retry_all`).
-                        Err(SignerError::Unavailable | SignerError::Timeout) => return,
-                        answer => {
-                            state.ready.insert(key, answer);
-                        }
-                    }
-                }
-                if !still_inline.load(Ordering::SeqCst) {
+                let inline = still_inline.load(Ordering::SeqCst);
+                let now = this.lock().answered(key, retry, answer, inline);
+                if now {
                     this.schedule(retry);
                 }
             }),
@@ -150,7 +182,11 @@ impl Pending {
 
     /// Asks LDK to retry everything (the signer is back, or a policy changed): forget refusals.
     pub fn retry_all(self: &Arc<Self>) {
-        self.lock().ready.retain(|_, answer| answer.is_ok());
+        {
+            let mut state = self.lock();
+            state.ready.retain(|_, answer| answer.is_ok());
+            state.held.clear();
+        }
         self.schedule(Retry::Channels);
         self.schedule(Retry::Monitors);
     }
@@ -173,5 +209,103 @@ impl Pending {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::signer::link::{Reply, Transport};
+    use crate::signer::protocol::Handover;
+
+    /// Keeps every request's reply for the test to answer when it likes.
+    #[derive(Default)]
+    struct Held {
+        replies: Mutex<Vec<Reply>>,
+    }
+
+    impl Transport for Held {
+        fn send(&self, _request: Request, reply: Reply) {
+            self.replies.lock().unwrap().push(reply);
+        }
+        fn attached(&self) -> watch::Receiver<bool> {
+            watch::Sender::new(true).subscribe()
+        }
+        fn handover(&self) -> Option<Handover> {
+            None
+        }
+    }
+
+    impl Held {
+        /// Answers the oldest request still waiting.
+        fn answer(&self, answer: Answer) {
+            let reply = self.replies.lock().unwrap().remove(0);
+            reply(answer);
+        }
+    }
+
+    fn secret(idx: u64) -> Request {
+        Request::ReleaseCommitmentSecret {
+            keys_id: [0; 32],
+            idx,
+            holder: None,
+        }
+    }
+
+    /// Lets spawned retries run; returns how many ran since the last call.
+    async fn retries_run(count: &AtomicUsize) -> usize {
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        count.swap(0, Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_retried_once_its_last_request_is_answered() {
+        let held = Arc::new(Held::default());
+        let node = SecretKey::from_slice(&[7; 32])
+            .unwrap()
+            .public_key(&Secp256k1::new());
+        let pending = Pending::new(SignerLink::new(node, held.clone()), Handle::current());
+        let retries = Arc::new(AtomicUsize::new(0));
+        let counted = retries.clone();
+        pending.set_unblock(Box::new(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        let (a, b) = ([1; 32], [2; 32]);
+        let ask = |channel, what: &str| {
+            pending.sign(Key::of(channel, what, &[]), Retry::Channels, || secret(1))
+        };
+        let secret_answer = || Ok(Response::Secret([9; 32]));
+
+        assert!(ask(a, "first").is_err());
+        assert!(ask(a, "second").is_err());
+        assert!(ask(b, "other").is_err());
+        // a's first answer waits for its second; b is another channel.
+        held.answer(secret_answer());
+        assert_eq!(retries_run(&retries).await, 0);
+        held.answer(secret_answer());
+        assert_eq!(retries_run(&retries).await, 1);
+        assert!(matches!(ask(a, "first"), Ok(Response::Secret(s)) if s == [9; 32]));
+        assert!(matches!(ask(a, "second"), Ok(Response::Secret(s)) if s == [9; 32]));
+        held.answer(secret_answer());
+        assert_eq!(retries_run(&retries).await, 1);
+
+        // An answer held behind a request the signer never answers (it went away) is still
+        // retried when that request is lost; a lost request alone asks for no retry.
+        assert!(ask(a, "third").is_err());
+        assert!(ask(a, "fourth").is_err());
+        held.answer(secret_answer());
+        assert_eq!(retries_run(&retries).await, 0);
+        held.answer(Err(SignerError::Unavailable));
+        assert_eq!(retries_run(&retries).await, 1);
+        assert!(ask(b, "lost").is_err());
+        held.answer(Err(SignerError::Unavailable));
+        assert_eq!(retries_run(&retries).await, 0);
     }
 }
