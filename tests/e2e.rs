@@ -60,6 +60,20 @@ fn kv_rows(db: &Path, node: &str, filter: &str) -> i64 {
     conn.query_row(&sql, [node], |row| row.get(0)).unwrap()
 }
 
+/// The channels a node's signer keeps (`retired`: only tombstones, else only live ones).
+fn signer_channels(dir: &Path, signer: &str, node: &str, retired: bool) -> i64 {
+    let db = dir
+        .join(format!("{signer}-signer-state"))
+        .join("signer-state.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let sql = "SELECT COUNT(*) FROM signer_channels WHERE node_id = ?1 \
+               AND (json_extract(state, '$.retired') IS 1) = ?2";
+    conn.query_row(sql, rusqlite::params![node, retired], |row| row.get(0))
+        .unwrap()
+}
+
 async fn wallet_confirmed(host: &mut HostProcess, node: &str) -> u64 {
     host.must(req("balance", node)).await["wallet"]["confirmed_sat"]
         .as_u64()
@@ -304,6 +318,9 @@ async fn hosts_open_pay_restart_and_close() {
         )
     };
     assert!(carried_rows() > 0);
+    assert_eq!(signer_channels(&dir, "a", &a1, true), 0);
+    let a1_channels = signer_channels(&dir, "a", &a1, false);
+    assert!(a1_channels >= 2);
     chain.mine(4032 + 3 * 144).await.unwrap();
     for node in ["a0", "a1"] {
         a.wait_for("resolved channels archived", req("balance", node), |v| {
@@ -315,6 +332,14 @@ async fn hosts_open_pay_restart_and_close() {
     let archived = kv_rows(&a_db, &a1, "primary_namespace = 'archived_monitors'");
     assert_eq!(archived, 2);
     assert_eq!(carried_rows(), 0, "a1's notes left with its channels");
+    // Its signer keeps a tombstone of each, nothing more (answered after the archive).
+    a.wait_for(
+        "a1's signer retired its channels",
+        req("balance", "a1"),
+        |_| signer_channels(&dir, "a", &a1, true) == 2,
+    )
+    .await;
+    assert_eq!(signer_channels(&dir, "a", &a1, false), a1_channels - 2);
     assert!(watched(&a.must(req("balance", "a2")).await) >= 1);
     a.stop().await;
     let mut a = HostProcess::start(&dir, "a", &chain_json, port_a, &host_a_nodes)

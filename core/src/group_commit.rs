@@ -146,20 +146,19 @@ fn run<E: Failure>(conn: Connection, queue: mpsc::Receiver<Job<E>>, counters: &C
         counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if commit(&conn, batch) {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-        }
+        commit(&conn, batch, counters);
     }
 }
 
-/// One transaction for the whole batch; answers every job once it is committed (or not).
-fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>) -> bool {
+/// One transaction for the whole batch; answers every job once it is committed (or not),
+/// counted first, so a caller's stats include its own commit.
+fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>, counters: &Counters) {
     if let Err(e) = run_sql(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         for job in batch {
             (job.done)(Err(E::not_committed(&reason)));
         }
-        return false;
+        return;
     }
     let mut answers = Vec::with_capacity(batch.len());
     let mut aborted: Option<String> = None;
@@ -183,17 +182,16 @@ fn commit<E: Failure>(conn: &Connection, batch: Vec<Job<E>>) -> bool {
     };
     match committed {
         Ok(()) => {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
             for (done, result) in answers {
                 done(result);
             }
-            true
         }
         Err(reason) => {
             let _ = run_sql(conn, "ROLLBACK");
             for (done, result) in answers {
                 done(result.and(Err(E::not_committed(&reason))));
             }
-            false
         }
     }
 }

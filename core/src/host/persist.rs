@@ -247,9 +247,15 @@ impl Persist<RemoteChannelSigner> for MonitorPersister {
             ),
             KvWrite::clear(CHANNEL_MONITOR_UPDATE_PERSISTENCE_PRIMARY_NAMESPACE, &key),
         ];
-        changes.extend(self.keys.carried().forget_funding(funding));
+        let (retired, notes) = self.keys.carried().forget_funding(funding);
+        changes.extend(notes);
         if let Err(e) = self.kv.write_all(changes) {
             tracing::warn!(error = %e, "archiving a channel monitor failed");
+            return;
+        }
+        // Only once the host will never load the monitor again may the signer forget it.
+        for keys_id in retired {
+            self.keys.retire_channel(keys_id);
         }
     }
 }

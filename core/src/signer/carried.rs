@@ -70,9 +70,10 @@ impl Carried {
     }
 
     /// Forgets the notes of the channel funded by `funding` (found by its holder commitment,
-    /// which spends it) and returns the writes that delete them: for a channel whose monitor
-    /// is archived, so notes do not pile up with every channel a node ever had.
-    pub fn forget_funding(&self, funding: OutPoint) -> Vec<KvWrite> {
+    /// which spends it) and returns its key set with the writes that delete them: for a
+    /// channel whose monitor is archived, so notes do not pile up with every channel a node
+    /// ever had.
+    pub fn forget_funding(&self, funding: OutPoint) -> (Vec<KeysId>, Vec<KvWrite>) {
         let gone: Vec<KeysId> = self
             .holders
             .lock()
@@ -84,11 +85,11 @@ impl Carried {
             .map(|(keys_id, _)| *keys_id)
             .collect();
         let mut writes = Vec::new();
-        for keys_id in gone {
-            writes.extend(self.revocations.forget(&keys_id));
-            writes.extend(self.holders.forget(&keys_id));
+        for keys_id in &gone {
+            writes.extend(self.revocations.forget(keys_id));
+            writes.extend(self.holders.forget(keys_id));
         }
-        writes
+        (gone, writes)
     }
 
     /// Writes for the notes recorded since the last call; they count as saved from now on (a
@@ -253,8 +254,10 @@ mod tests {
             vout: funding.vout + 1,
             ..funding
         };
-        assert!(reloaded.forget_funding(elsewhere).is_empty());
-        let writes = reloaded.forget_funding(funding);
+        let (none, no_writes) = reloaded.forget_funding(elsewhere);
+        assert!(none.is_empty() && no_writes.is_empty());
+        let (gone, writes) = reloaded.forget_funding(funding);
+        assert_eq!(gone, vec![[1; 32]]);
         assert_eq!(writes.len(), 2, "its revocation and its holder commitment");
         kv.write_all(writes).expect("write");
         let reloaded = Carried::load(&kv).expect("load");
@@ -265,7 +268,8 @@ mod tests {
             Some(first),
             "another channel's stays"
         );
-        assert!(reloaded.forget_funding(funding).is_empty());
+        let (none, no_writes) = reloaded.forget_funding(funding);
+        assert!(none.is_empty() && no_writes.is_empty());
 
         kv.write(
             NAMESPACE,

@@ -129,6 +129,18 @@ impl RemoteKeys {
         &self.carried
     }
 
+    /// Tells the signer a channel was archived, so it keeps only a tombstone of its key set.
+    /// Not retried: a signer that missed it keeps the channel's rows, which harms nothing.
+    pub fn retire_channel(&self, keys_id: KeysId) {
+        self.pending.link().send(
+            Request::RetireChannel { keys_id },
+            Box::new(move |answer| match answer {
+                Ok(_) => tracing::debug!(keys_id = %keys_id.to_lower_hex_string(), "signer retired the channel"),
+                Err(e) => tracing::warn!(keys_id = %keys_id.to_lower_hex_string(), error = %e, "signer did not retire the channel"),
+            }),
+        );
+    }
+
     /// Fetches key sets until the pool holds [`POOL_TARGET`]; waits for the answer.
     pub async fn fill_pool(&self) -> Result<(), KeysError> {
         let need = POOL_TARGET.saturating_sub(lock(&self.book).pool.len());

@@ -480,6 +480,31 @@ impl Policy {
         Ok(())
     }
 
+    /// Forgets a channel the host archived, but for a tombstone: its key set signs nothing
+    /// again, nor can it be approved for another channel. The host could retire a live
+    /// channel only to its own harm (the signer would stop signing for it, as a host that
+    /// stopped running the node would); it can never make the signer sign an old state.
+    pub fn retire_channel(&self, state: &mut Txn, keys_id: &KeysId) {
+        *state.channel_mut(keys_id) = ChannelState {
+            retired: true,
+            ..ChannelState::default()
+        };
+    }
+
+    /// Refuses any request about a retired channel.
+    pub fn check_not_retired(&self, state: &SignerState, keys_id: &KeysId) -> Result<(), Refusal> {
+        if state.channels.get(keys_id).is_some_and(|c| c.retired) {
+            return Err(Refusal::new(
+                "channel_retired",
+                format!(
+                    "key set {} belongs to a retired channel",
+                    keys_id.to_lower_hex_string()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Holder commitments of a channel whose parameters are not known yet (an inbound
     /// channel's first): only of an approved channel.
     pub fn check_channel_approved(

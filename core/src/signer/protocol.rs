@@ -220,6 +220,12 @@ pub enum Request {
         keys_id: KeysId,
         outbound: bool,
     },
+    /// The host archived the channel (closed, and resolved for thousands of blocks): the
+    /// signer drops what it kept for it but a tombstone, and signs nothing for the key set
+    /// again (a key set it forgot could otherwise be approved anew and sign from scratch).
+    RetireChannel {
+        keys_id: KeysId,
+    },
 }
 
 /// A signer's answer to a [`Request`] of the same kind.
@@ -284,6 +290,35 @@ impl Request {
             Request::SignPsbt { .. } => "sign_psbt",
             Request::ApprovePayment { .. } => "approve_payment",
             Request::ApproveChannelOpen { .. } => "approve_channel_open",
+            Request::RetireChannel { .. } => "retire_channel",
+        }
+    }
+
+    /// The channel key set the request is about, if it is about one channel.
+    pub fn keys_id(&self) -> Option<&KeysId> {
+        match self {
+            Request::PerCommitmentPoints { keys_id, .. }
+            | Request::ReleaseCommitmentSecret { keys_id, .. }
+            | Request::ValidateHolderCommitment { keys_id, .. }
+            | Request::ValidateCounterpartyRevocation { keys_id, .. }
+            | Request::SignCounterpartyCommitment { keys_id, .. }
+            | Request::SignHolderCommitment { keys_id, .. }
+            | Request::SignJusticeRevokedOutput { keys_id, .. }
+            | Request::SignJusticeRevokedHtlc { keys_id, .. }
+            | Request::SignHolderHtlcTransaction { keys_id, .. }
+            | Request::SignCounterpartyHtlcTransaction { keys_id, .. }
+            | Request::SignClosingTransaction { keys_id, .. }
+            | Request::SignHolderAnchorInput { keys_id, .. }
+            | Request::ApproveChannelOpen { keys_id, .. }
+            | Request::RetireChannel { keys_id } => Some(keys_id),
+            Request::NewChannelKeys { .. }
+            | Request::Ecdh { .. }
+            | Request::SignInvoice { .. }
+            | Request::SignGossip { .. }
+            | Request::SignMessage { .. }
+            | Request::SpendOutputs { .. }
+            | Request::SignPsbt { .. }
+            | Request::ApprovePayment { .. } => None,
         }
     }
 }

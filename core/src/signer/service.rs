@@ -341,6 +341,13 @@ impl SeedSigner {
     fn dispatch(&self, request: Request) -> Result<Response, SignerError> {
         let kind = request.kind();
         let ldk = |what: &str| self.malformed(kind, format!("LDK could not {what}"));
+        // Retiring again is a no-op the host may repeat (it does not know the first arrived).
+        let retire = matches!(request, Request::RetireChannel { .. });
+        if let Some(keys_id) = request.keys_id().filter(|_| !retire) {
+            self.policy
+                .check_not_retired(&lock(&self.kept).state, keys_id)
+                .map_err(|r| self.refuse(kind, r))?;
+        }
         match request {
             Request::NewChannelKeys { count } => self.new_channel_keys(kind, count),
             Request::PerCommitmentPoints {
@@ -609,6 +616,13 @@ impl SeedSigner {
                         .approve_channel_open(state, &keys_id, open, now)
                         .map(|()| Response::Accepted)
                         .map_err(|r| self.refuse(kind, r))
+                })
+            }
+            Request::RetireChannel { keys_id } => {
+                tracing::info!(node = %self.node_id, keys_id = %keys_id.to_lower_hex_string(), "channel retired");
+                self.transact(|state| {
+                    self.policy.retire_channel(state, &keys_id);
+                    Ok(Response::Accepted)
                 })
             }
         }
@@ -1225,7 +1239,7 @@ mod tests {
     use super::*;
     use crate::signer::config::PolicyLimits;
     use crate::signer::policy::DEFAULT_WALLET_LOOKAHEAD as DEFAULT_LOOKAHEAD;
-    use crate::signer::state::{MemoryStateStore, SqliteStateStore};
+    use crate::signer::state::{ChannelState, MemoryStateStore, SqliteStateStore};
     use bitcoin::bip32::{DerivationPath, Fingerprint};
     use bitcoin::hashes::sha256;
     use bitcoin::secp256k1::Message;
@@ -1833,6 +1847,55 @@ mod tests {
         );
         ch.sign_counterparty(&signer, ch.counterparty_tx(TOP - 2, 400_000, vec![]))
             .expect("newer");
+    }
+
+    #[test]
+    fn a_retired_channel_keeps_only_a_tombstone_and_signs_nothing_again() {
+        let signer = signer();
+        let ch = Channel::open(&signer, 1);
+        let other = Channel::open(&signer, 2);
+        ch.sign_counterparty(&signer, ch.counterparty_tx(TOP - 1, 400_000, vec![]))
+            .expect("signed while open");
+        assert!(signer.state().channels[&ch.keys_id].parameters.is_some());
+
+        let retire = Request::RetireChannel {
+            keys_id: ch.keys_id,
+        };
+        assert!(matches!(
+            signer.handle(retire.clone()),
+            Ok(Response::Accepted)
+        ));
+        let tombstone = ChannelState {
+            retired: true,
+            ..ChannelState::default()
+        };
+        assert_eq!(signer.state().channels[&ch.keys_id], tombstone);
+        // Kept as such, and a channel saved before tombstones existed is not one.
+        let json = serde_json::to_string(&tombstone).expect("encode");
+        assert_eq!(
+            serde_json::from_str::<ChannelState>(&json).expect("decode"),
+            tombstone
+        );
+        let old = serde_json::to_string(&ChannelState::default()).expect("encode");
+        assert!(!old.contains("retired"));
+
+        refused(
+            ch.sign_counterparty(&signer, ch.counterparty_tx(TOP - 2, 400_000, vec![])),
+            "channel_retired",
+        );
+        refused(signer.handle(ch.approval(0)), "channel_retired");
+        refused(
+            signer.handle(Request::PerCommitmentPoints {
+                keys_id: ch.keys_id,
+                first: TOP,
+                count: 1,
+            }),
+            "channel_retired",
+        );
+        assert!(matches!(signer.handle(retire), Ok(Response::Accepted)));
+        other
+            .sign_counterparty(&signer, other.counterparty_tx(TOP - 1, 400_000, vec![]))
+            .expect("another channel is untouched");
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct ChannelState {
     /// Smallest holder commitment number whose secret was released: that commitment and every
     /// older one is revoked and must never be signed for broadcast.
     pub min_released_secret: Option<u64>,
+    /// The host archived the channel: everything above was dropped, and nothing is signed for
+    /// the key set again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retired: bool,
 }
 
 /// An outgoing payment the signer approved, so its HTLCs are not counted a second time.

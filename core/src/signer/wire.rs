@@ -270,6 +270,9 @@ pub fn encode_request(id: u64, request: &Request) -> proto::RequestEnvelope {
             keys_id: keys_id.to_vec(),
             outbound: *outbound,
         }),
+        Request::RetireChannel { keys_id } => Body::RetireChannel(proto::RetireChannel {
+            keys_id: keys_id.to_vec(),
+        }),
     };
     proto::RequestEnvelope {
         id,
@@ -481,6 +484,9 @@ impl RequestDecoder {
                 push_msat: m.push_msat,
                 keys_id: bytes32(&m.keys_id, "keys_id")?,
                 outbound: m.outbound,
+            },
+            Body::RetireChannel(m) => Request::RetireChannel {
+                keys_id: bytes32(&m.keys_id, "keys_id")?,
             },
         })
     }
@@ -979,6 +985,7 @@ pub(crate) mod tests {
                 keys_id: [54; 32],
                 outbound: true,
             },
+            Request::RetireChannel { keys_id: [55; 32] },
         ]
     }
 
@@ -1026,7 +1033,7 @@ pub(crate) mod tests {
         let requests = every_request();
         let mut kinds: Vec<_> = requests.iter().map(Request::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds.len(), 21, "one case per Request variant");
+        assert_eq!(kinds.len(), 22, "one case per Request variant");
         for (id, request) in requests.into_iter().enumerate() {
             let id = id as u64 * 1_000_003;
             let envelope = encode_request(id, &request);
