@@ -93,7 +93,10 @@ pub(crate) async fn drive(node: Arc<Node>) {
         node.peer_manager.process_events();
 
         if cm.needs_pending_htlc_processing() {
-            let due = *forwards_due.get_or_insert_with(|| Instant::now() + forward_delay(&node));
+            let due = *forwards_due.get_or_insert_with(|| {
+                Instant::now()
+                    + forward_delay(node.announced(), || node.keys.get_secure_random_bytes())
+            });
             if Instant::now() >= due {
                 held = !node.link.is_attached();
                 if !held {
@@ -193,18 +196,14 @@ const FORWARD_DELAY_MS: (u64, u64) = (10, 50);
 /// already: a delay hides nothing there and would add its whole length to every payment it
 /// receives, so it processes them at once (under load they still batch: they pile up while
 /// the node's task is busy).
-fn forward_delay(node: &Node) -> Duration {
-    if !node.announced() {
+fn forward_delay(announced: bool, random: impl FnOnce() -> [u8; 32]) -> Duration {
+    if !announced {
         return Duration::ZERO;
     }
-    let bytes = node.keys.get_secure_random_bytes();
-    random_forward_delay(u16::from_le_bytes([bytes[0], bytes[1]]))
-}
-
-/// The point `r` of `u16`'s range maps to in [`FORWARD_DELAY_MS`].
-fn random_forward_delay(r: u16) -> Duration {
+    let bytes = random();
+    let r = u16::from_le_bytes([bytes[0], bytes[1]]) as u64;
     let (min, max) = FORWARD_DELAY_MS;
-    Duration::from_micros(min * 1000 + r as u64 * (max - min) * 1000 / u16::MAX as u64)
+    Duration::from_micros(min * 1000 + r * (max - min) * 1000 / u16::MAX as u64)
 }
 
 /// Ticks every running node's timers, the work LDK's loop does on its own timers per node:
@@ -251,13 +250,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forward_delays_span_their_range() {
-        let ms = |r| random_forward_delay(r).as_millis() as u64;
+    fn only_nodes_with_announced_channels_wait_before_processing_htlcs() {
+        let ms = |byte: u8| forward_delay(true, || [byte; 32]).as_millis() as u64;
         assert_eq!(ms(0), FORWARD_DELAY_MS.0);
-        assert_eq!(ms(u16::MAX), FORWARD_DELAY_MS.1);
-        assert_eq!(
-            ms(u16::MAX / 2),
-            (FORWARD_DELAY_MS.0 + FORWARD_DELAY_MS.1) / 2 - 1
-        );
+        assert_eq!(ms(0xff), FORWARD_DELAY_MS.1);
+        assert!((FORWARD_DELAY_MS.0..FORWARD_DELAY_MS.1).contains(&ms(0x80)));
+        let unannounced = forward_delay(false, || panic!("no randomness needed"));
+        assert_eq!(unannounced, Duration::ZERO);
     }
 }

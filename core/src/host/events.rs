@@ -267,7 +267,8 @@ async fn act(
             row.close_reason = Some(reason.clone());
             row.updated_at = now();
             rows.channel(row)?;
-            node.note_announced(&node.channel_manager.list_channels());
+            // The others' balances, and whether any announced channel is left.
+            refresh_channels(node, rows)?;
             rows.event(
                 &node_id,
                 "channel_closed",
