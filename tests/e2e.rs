@@ -321,6 +321,14 @@ async fn hosts_open_pay_restart_and_close() {
     assert_eq!(signer_channels(&dir, "a", &a1, true), 0);
     let a1_channels = signer_channels(&dir, "a", &a1, false);
     assert!(a1_channels >= 2);
+    let key_sets = || {
+        kv_rows(
+            &a_db,
+            &a1,
+            "primary_namespace = 'signer' AND secondary_namespace = 'channel_keys'",
+        )
+    };
+    let a1_key_sets = key_sets();
     chain.mine(4032 + 3 * 144).await.unwrap();
     for node in ["a0", "a1"] {
         a.wait_for("resolved channels archived", req("balance", node), |v| {
@@ -340,6 +348,16 @@ async fn hosts_open_pay_restart_and_close() {
     )
     .await;
     assert_eq!(signer_channels(&dir, "a", &a1, false), a1_channels - 2);
+    // The host forgets the two key sets too, and its marks go once the signer answered.
+    assert_eq!(key_sets(), a1_key_sets - 2);
+    a.wait_for("a1's retiring marks cleared", req("balance", "a1"), |_| {
+        kv_rows(
+            &a_db,
+            &a1,
+            "primary_namespace = 'signer' AND secondary_namespace = 'retiring'",
+        ) == 0
+    })
+    .await;
     assert!(watched(&a.must(req("balance", "a2")).await) >= 1);
     a.stop().await;
     let mut a = HostProcess::start(&dir, "a", &chain_json, port_a, &host_a_nodes)

@@ -249,14 +249,13 @@ impl Persist<RemoteChannelSigner> for MonitorPersister {
         ];
         let (retired, notes) = self.keys.carried().forget_funding(funding);
         changes.extend(notes);
+        changes.extend(self.keys.retire_writes(&retired));
         if let Err(e) = self.kv.write_all(changes) {
             tracing::warn!(error = %e, "archiving a channel monitor failed");
             return;
         }
         // Only once the host will never load the monitor again may the signer forget it.
-        for keys_id in retired {
-            self.keys.retire_channel(keys_id);
-        }
+        self.keys.retire_channels(&retired);
     }
 }
 

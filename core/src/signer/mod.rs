@@ -13,6 +13,7 @@ pub mod node_proxy;
 pub mod pending;
 pub mod policy;
 pub mod protocol;
+pub mod retire;
 pub mod seed;
 pub mod service;
 pub mod state;

@@ -29,6 +29,8 @@ use super::channel_proxy::{PointCache, RemoteChannelSigner};
 use super::link::{SignerLink, SYNC_DEADLINE};
 use super::pending::Pending;
 use super::protocol::{ChannelKeySet, Handover, KeysId, Request, Response, SignerError};
+use super::retire::Retirements;
+use crate::store::KvWrite;
 use crate::wallet::{WalletError, WalletSigner};
 
 /// Key sets the host keeps unused, so opening a channel never waits for the signer.
@@ -47,6 +49,7 @@ pub struct RemoteKeys {
     points: Arc<PointCache>,
     book: Arc<Mutex<KeyBook>>,
     carried: Arc<Carried>,
+    retirements: Retirements,
     kv: Kv,
     shutdown_script: ShutdownScript,
 }
@@ -107,6 +110,12 @@ impl RemoteKeys {
         }
         let expanded_key = ExpandedKey::new(handover.inbound_payment_key);
         let carried = Arc::new(Carried::load(kv.as_ref())?);
+        let retirements = Retirements::load(
+            kv.clone(),
+            pending.link().clone(),
+            pending.runtime().clone(),
+        )
+        .map_err(KeysError::Corrupt)?;
         Ok(RemoteKeys {
             handover,
             expanded_key,
@@ -114,6 +123,7 @@ impl RemoteKeys {
             points: Arc::new(PointCache::default()),
             book: Arc::new(Mutex::new(book)),
             carried,
+            retirements,
             kv,
             shutdown_script,
         })
@@ -129,16 +139,36 @@ impl RemoteKeys {
         &self.carried
     }
 
-    /// Tells the signer a channel was archived, so it keeps only a tombstone of its key set.
-    /// Not retried: a signer that missed it keeps the channel's rows, which harms nothing.
-    pub fn retire_channel(&self, keys_id: KeysId) {
-        self.pending.link().send(
-            Request::RetireChannel { keys_id },
-            Box::new(move |answer| match answer {
-                Ok(_) => tracing::debug!(keys_id = %keys_id.to_lower_hex_string(), "signer retired the channel"),
-                Err(e) => tracing::warn!(keys_id = %keys_id.to_lower_hex_string(), error = %e, "signer did not retire the channel"),
-            }),
-        );
+    /// The writes that retire `keys_ids` (channels whose monitors are archived), to commit
+    /// with the archive: the host's record of each key set goes, and each is marked for the
+    /// signer until it acknowledges ([`Retirements`]).
+    pub fn retire_writes(&self, keys_ids: &[KeysId]) -> Vec<KvWrite> {
+        let mut writes = Retirements::marks(keys_ids);
+        for id in keys_ids {
+            writes.push(KvWrite::remove(
+                KEYS_NAMESPACE,
+                KEYS_SUB,
+                &id.to_lower_hex_string(),
+            ));
+        }
+        writes
+    }
+
+    /// The writes of [`Self::retire_writes`] are committed: forgets the key sets here and
+    /// tells the signer, so it keeps only a tombstone of each.
+    pub fn retire_channels(&self, keys_ids: &[KeysId]) {
+        {
+            let mut book = lock(&self.book);
+            for id in keys_ids {
+                book.known.remove(id);
+            }
+        }
+        self.retirements.marked(keys_ids);
+    }
+
+    /// Asks the signer again for every retirement it has not acknowledged (it just attached).
+    pub fn resend_retirements(&self) {
+        self.retirements.resend();
     }
 
     /// Fetches key sets until the pool holds [`POOL_TARGET`]; waits for the answer.

@@ -115,6 +115,10 @@ impl Pending {
         &self.link
     }
 
+    pub fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
     /// Wires the retry to the node's channel manager and chain monitor, once they exist.
     pub fn set_unblock(&self, unblock: Unblock) {
         let _ = self.unblock.set(unblock);
