@@ -154,14 +154,19 @@ impl RemoteKeys {
         writes
     }
 
-    /// The writes of [`Self::retire_writes`] are committed: forgets the key sets here and
-    /// tells the signer, so it keeps only a tombstone of each.
+    /// The writes of [`Self::retire_writes`] are committed: forgets the key sets here (with
+    /// their cached points and answers) and tells the signer, so it keeps only a tombstone of
+    /// each.
     pub fn retire_channels(&self, keys_ids: &[KeysId]) {
         {
             let mut book = lock(&self.book);
             for id in keys_ids {
                 book.known.remove(id);
             }
+        }
+        for id in keys_ids {
+            self.points.forget(id);
+            self.pending.forget(*id);
         }
         self.retirements.marked(keys_ids);
     }

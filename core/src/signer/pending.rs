@@ -184,6 +184,14 @@ impl Pending {
         }
     }
 
+    /// Forgets what is kept for a retired channel (answers LDK will not collect, refusals).
+    pub fn forget(&self, channel: [u8; 32]) {
+        let mut state = self.lock();
+        state.in_flight.retain(|k, _| k.channel != channel);
+        state.ready.retain(|k, _| k.channel != channel);
+        state.held.retain(|(c, _)| *c != channel);
+    }
+
     /// Asks LDK to retry everything (the signer is back, or a policy changed): forget refusals.
     pub fn retry_all(self: &Arc<Self>) {
         {
@@ -311,5 +319,27 @@ mod tests {
         assert!(ask(b, "lost").is_err());
         held.answer(Err(SignerError::Unavailable));
         assert_eq!(retries_run(&retries).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_retired_channel_keeps_no_answer() {
+        let held = Arc::new(Held::default());
+        let node = SecretKey::from_slice(&[7; 32])
+            .unwrap()
+            .public_key(&Secp256k1::new());
+        let pending = Pending::new(SignerLink::new(node, held.clone()), Handle::current());
+        let key = Key::of([1; 32], "commitment", &[]);
+        let ask = || pending.sign(key, Retry::Channels, || secret(1));
+        let sent = || held.replies.lock().unwrap().len();
+
+        assert!(ask().is_err());
+        held.answer(Err(SignerError::Refused("limit".into())));
+        // The refusal is kept: LDK's retries do not ask again.
+        assert!(ask().is_err());
+        assert_eq!(sent(), 0);
+        pending.forget([1; 32]);
+        assert!(pending.lock().ready.is_empty());
+        assert!(ask().is_err());
+        assert_eq!(sent(), 1);
     }
 }
