@@ -39,7 +39,8 @@ const KEYS_NAMESPACE: &str = "signer";
 const KEYS_SUB: &str = "channel_keys";
 const POOL_KEY: &str = "pool";
 
-type Kv = Arc<dyn KVStoreSync + Send + Sync>;
+/// A node's scope of the host's key-value store.
+pub(crate) type Kv = Arc<dyn KVStoreSync + Send + Sync>;
 
 /// One node's keys interface for LDK, backed by its signer.
 pub struct RemoteKeys {

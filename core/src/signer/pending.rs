@@ -277,13 +277,19 @@ mod tests {
         count.swap(0, Ordering::SeqCst)
     }
 
-    #[tokio::test]
-    async fn a_channel_is_retried_once_its_last_request_is_answered() {
+    /// A node's `Pending` whose requests wait for the test to answer them.
+    fn held_pending() -> (Arc<Held>, Arc<Pending>) {
         let held = Arc::new(Held::default());
         let node = SecretKey::from_slice(&[7; 32])
             .unwrap()
             .public_key(&Secp256k1::new());
         let pending = Pending::new(SignerLink::new(node, held.clone()), Handle::current());
+        (held, pending)
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_retried_once_its_last_request_is_answered() {
+        let (held, pending) = held_pending();
         let retries = Arc::new(AtomicUsize::new(0));
         let counted = retries.clone();
         pending.set_unblock(Box::new(move |_| {
@@ -323,11 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retired_channel_keeps_no_answer() {
-        let held = Arc::new(Held::default());
-        let node = SecretKey::from_slice(&[7; 32])
-            .unwrap()
-            .public_key(&Secp256k1::new());
-        let pending = Pending::new(SignerLink::new(node, held.clone()), Handle::current());
+        let (held, pending) = held_pending();
         let key = Key::of([1; 32], "commitment", &[]);
         let ask = || pending.sign(key, Retry::Channels, || secret(1));
         let sent = || held.replies.lock().unwrap().len();

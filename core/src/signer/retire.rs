@@ -10,17 +10,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use bitcoin::hex::{DisplayHex, FromHex};
-use lightning::util::persist::KVStoreSync;
 use tokio::runtime::Handle;
 
 use super::link::SignerLink;
+use super::node_proxy::Kv;
 use super::protocol::{KeysId, Request};
 use crate::store::KvWrite;
 
 const NAMESPACE: &str = "signer";
 const SUB: &str = "retiring";
-
-type Kv = Arc<dyn KVStoreSync + Send + Sync>;
 
 /// One node's key sets marked for retirement on its signer.
 pub struct Retirements {
