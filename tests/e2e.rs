@@ -100,7 +100,7 @@ async fn hosts_open_pay_restart_and_close() {
     let seeds_a: Vec<&Path> = host_a_nodes.iter().map(|(_, p)| *p).collect();
     let seeds_b: Vec<&Path> = host_b_nodes.iter().map(|(_, p)| *p).collect();
     // The signer of host A keeps running across A's kill -9 and restart: it reconnects.
-    let _signer_a = SignerProcess::start(&dir, "a", &a, &seeds_a, json!({})).unwrap();
+    let mut signer_a = SignerProcess::start(&dir, "a", &a, &seeds_a, json!({})).unwrap();
     a.ready().await.unwrap();
     let mut b = HostProcess::start(&dir, "b", &chain_json, port_b, &host_b_nodes)
         .await
@@ -329,6 +329,15 @@ async fn hosts_open_pay_restart_and_close() {
         )
     };
     let a1_key_sets = key_sets();
+    let marks = || {
+        kv_rows(
+            &a_db,
+            &a1,
+            "primary_namespace = 'signer' AND secondary_namespace = 'retiring'",
+        )
+    };
+    // A's signer is away while the channels are archived: the host cannot retire them yet.
+    signer_a.kill9().await;
     chain.mine(4032 + 3 * 144).await.unwrap();
     for node in ["a0", "a1"] {
         a.wait_for("resolved channels archived", req("balance", node), |v| {
@@ -340,7 +349,12 @@ async fn hosts_open_pay_restart_and_close() {
     let archived = kv_rows(&a_db, &a1, "primary_namespace = 'archived_monitors'");
     assert_eq!(archived, 2);
     assert_eq!(carried_rows(), 0, "a1's notes left with its channels");
-    // Its signer keeps a tombstone of each, nothing more (answered after the archive).
+    // The host forgets the two key sets and marks them until the signer retires them.
+    assert_eq!(key_sets(), a1_key_sets - 2);
+    assert_eq!(marks(), 2);
+    assert_eq!(signer_channels(&dir, "a", &a1, true), 0);
+    // Back, the signer is asked again and keeps a tombstone of each, nothing more.
+    signer_a.restart().unwrap();
     a.wait_for(
         "a1's signer retired its channels",
         req("balance", "a1"),
@@ -348,14 +362,8 @@ async fn hosts_open_pay_restart_and_close() {
     )
     .await;
     assert_eq!(signer_channels(&dir, "a", &a1, false), a1_channels - 2);
-    // The host forgets the two key sets too, and its marks go once the signer answered.
-    assert_eq!(key_sets(), a1_key_sets - 2);
     a.wait_for("a1's retiring marks cleared", req("balance", "a1"), |_| {
-        kv_rows(
-            &a_db,
-            &a1,
-            "primary_namespace = 'signer' AND secondary_namespace = 'retiring'",
-        ) == 0
+        marks() == 0
     })
     .await;
     assert!(watched(&a.must(req("balance", "a2")).await) >= 1);
