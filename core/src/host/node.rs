@@ -222,8 +222,7 @@ impl Node {
             kv.clone() as Arc<dyn KVStoreSync + Send + Sync>,
         )?);
         if link.is_attached() {
-            keys.resend_retirements();
-            if let Err(e) = keys.fill_pool().await {
+            if let Err(e) = keys.signer_attached().await {
                 tracing::warn!(node = %id, error = %e, "could not fill the channel key pool yet");
             }
         }

@@ -24,8 +24,7 @@ pub(crate) async fn watch_signer(node: Arc<Node>, pending: Arc<Pending>) {
             tracing::info!(node = %node.alias, "signer attached; node resumes");
             // Signatures that were pending when the signer left are asked again now.
             pending.retry_all();
-            node.keys.resend_retirements();
-            if let Err(e) = node.keys.fill_pool().await {
+            if let Err(e) = node.keys.signer_attached().await {
                 tracing::warn!(node = %node.alias, error = %e, "channel key pool not refilled");
             }
             // Peers come back through the host's reconnect loop.

@@ -35,13 +35,13 @@ impl PointCache {
         self.lock().get(keys_id)?.get(&idx).copied()
     }
 
-    /// Keeps points `first`, `first-1`, …; drops those older than what LDK can still ask for
-    /// (numbers count down: older means larger).
     /// Forgets a retired channel's points.
     pub fn forget(&self, keys_id: &KeysId) {
         self.lock().remove(keys_id);
     }
 
+    /// Keeps points `first`, `first-1`, …; drops those older than what LDK can still ask for
+    /// (numbers count down: older means larger).
     fn insert(&self, keys_id: KeysId, first: u64, points: &[PublicKey]) {
         let mut all = self.lock();
         let channel = all.entry(keys_id).or_default();

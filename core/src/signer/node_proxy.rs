@@ -172,13 +172,15 @@ impl RemoteKeys {
         self.retirements.marked(keys_ids);
     }
 
-    /// Asks the signer again for every retirement it has not acknowledged (it just attached).
-    pub fn resend_retirements(&self) {
+    /// What the host owes a signer that just attached (or was there when the node started):
+    /// every retirement it has not acknowledged, and a full pool of key sets.
+    pub async fn signer_attached(&self) -> Result<(), KeysError> {
         self.retirements.resend();
+        self.fill_pool().await
     }
 
     /// Fetches key sets until the pool holds [`POOL_TARGET`]; waits for the answer.
-    pub async fn fill_pool(&self) -> Result<(), KeysError> {
+    async fn fill_pool(&self) -> Result<(), KeysError> {
         let need = POOL_TARGET.saturating_sub(lock(&self.book).pool.len());
         if need == 0 {
             return Ok(());

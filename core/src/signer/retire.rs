@@ -65,7 +65,8 @@ impl Retirements {
     }
 
     /// Key sets marked and not yet acknowledged.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         lock(&self.marked).len()
     }
 
