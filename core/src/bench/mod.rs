@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod background;
 pub(crate) mod measure;
 pub mod payments;
+pub mod verdict;
 
 /// Result of one bench command (the CLI's): errors are printed, never panicked.
 pub type BenchResult = crate::cli::CliResult;

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::measure::{cpu_time, process_cpu_time};
+use super::verdict::{Goals, Verdict, GOALS};
 use super::BenchResult;
 use crate::cli::demo::wait_until;
 use crate::cli::signer::spawn_signer;
@@ -43,7 +44,7 @@ pub enum SignerMode {
 }
 
 impl SignerMode {
-    fn arg(self) -> &'static str {
+    pub(crate) fn arg(self) -> &'static str {
         match self {
             SignerMode::InProcess => "in-process",
             SignerMode::Remote => "remote",
@@ -132,19 +133,13 @@ pub struct Ratio {
 }
 
 #[derive(Debug, Serialize)]
-struct Goals {
-    payments_per_s: f64,
-    p99_ms: f64,
-    throughput_overhead: f64,
-}
-
-#[derive(Debug, Serialize)]
 struct Report {
     cores: usize,
     goals: Goals,
     records: Vec<Record>,
     /// remote / in-process, per concurrency
     ratios: Vec<Ratio>,
+    verdict: Verdict,
 }
 
 pub async fn run(args: PaymentsArgs) -> BenchResult {
@@ -171,7 +166,7 @@ pub async fn run(args: PaymentsArgs) -> BenchResult {
     chain.stop().await?;
 
     let find = |m, c| records.iter().find(|r| r.signer == m && r.concurrency == c);
-    let ratios = args
+    let ratios: Vec<Ratio> = args
         .concurrency
         .iter()
         .filter_map(|&c| {
@@ -179,15 +174,16 @@ pub async fn run(args: PaymentsArgs) -> BenchResult {
             Some(ratio(remote, find(SignerMode::InProcess, c)?))
         })
         .collect();
+    let verdict = Verdict::of(&records, &ratios, &GOALS);
+    for line in verdict.lines(&GOALS) {
+        eprintln!("bench: {line}");
+    }
     let report = Report {
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        goals: Goals {
-            payments_per_s: 300.0,
-            p99_ms: 100.0,
-            throughput_overhead: 1.5,
-        },
+        goals: GOALS,
         records,
         ratios,
+        verdict,
     };
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
