@@ -33,7 +33,7 @@ pub struct Reached {
     pub signer: SignerMode,
     /// The highest rate measured.
     pub fastest: Option<Point>,
-    /// The highest rate measured with p99 within the goal.
+    /// The highest rate measured with p99 within the goal and no payment failed.
     pub fastest_within_p99: Option<Point>,
     /// Whether one measurement met the rate and the p99 goals together.
     pub rate_and_p99_met: bool,
@@ -71,7 +71,8 @@ impl Verdict {
                             p99_ms: r.p99_ms,
                         })
                 };
-                let fastest_within_p99 = fastest_of(&|r| r.p99_ms <= goals.p99_ms);
+                let fastest_within_p99 =
+                    fastest_of(&|r| r.p99_ms <= goals.p99_ms && r.payments_failed == 0);
                 Reached {
                     signer,
                     fastest: fastest_of(&|_| true),
@@ -205,11 +206,20 @@ mod tests {
     }
 
     #[test]
-    fn nothing_within_the_goal_and_one_mode_only() {
-        let records = vec![record(SignerMode::Remote, 32, 290.0, 150.0)];
+    fn nothing_within_the_goals_and_one_mode_only() {
+        let mut failing = record(SignerMode::Remote, 16, 320.0, 90.0);
+        failing.payments_failed = 1;
+        let records = vec![record(SignerMode::Remote, 32, 290.0, 150.0), failing];
         let v = Verdict::of(&records, &[], &GOALS);
         assert_eq!(v.reached.len(), 1);
-        assert_eq!(v.reached[0].fastest_within_p99, None);
+        assert_eq!(
+            v.reached[0].fastest_within_p99, None,
+            "a failed payment disqualifies"
+        );
+        assert_eq!(
+            v.reached[0].fastest.as_ref().map(|p| p.concurrency),
+            Some(16)
+        );
         assert!(!v.reached[0].rate_and_p99_met);
         assert_eq!(v.overhead_met, None);
         assert_eq!(v.lines(&GOALS).len(), 1);
