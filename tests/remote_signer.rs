@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 
 const FUNDING_SAT: u64 = 2_000_000;
 const CHANNEL_SAT: u64 = 1_000_000;
+/// Above the largest channel a node accepts (LDK's default without large channels).
+const TOO_LARGE_SAT: u64 = 17_000_000;
 const MAX_PAYMENT_MSAT: u64 = 50_000_000;
 const MAX_PER_HOUR_MSAT: u64 = 120_000_000;
 
@@ -211,9 +213,38 @@ async fn signer_policy_memory_and_crash() {
     })
     .await;
 
-    // The allowed channel.
+    // An open p1's signer approves but LDK cannot accept (larger than a node accepts): the
+    // refusal reaches p0 and is recorded once, not replayed (LDK dropped the request).
+    host.send_to_wallet(&chain, "p0", TOO_LARGE_SAT + 100_000)
+        .await;
+    chain.mine(1).await.unwrap();
+    host.wait_funded("p0", FUNDING_SAT + TOO_LARGE_SAT + 100_000)
+        .await;
     host.must(json!({"cmd": "connect", "node": "p0", "peer": p1, "addr": p1_addr}))
         .await;
+    host.must(json!({"cmd": "open", "node": "p0", "peer": p1, "sat": TOO_LARGE_SAT}))
+        .await;
+    host.wait_for("oversized open refused", req("channels", "p0"), |v| {
+        v.as_array().map(|c| c.is_empty()).unwrap_or(false)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = host.must(req("events", "p1")).await;
+    let refusals: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "channel_refused")
+        .map(|e| e["data"]["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals[0].contains("peer_not_allowed"), "{refusals:?}");
+    assert!(
+        refusals[1].contains("funding must be at most"),
+        "{refusals:?}"
+    );
+
+    // The allowed channel.
     host.must(json!({"cmd": "open", "node": "p0", "peer": p1, "sat": CHANNEL_SAT}))
         .await;
     host.wait_for("funding broadcast", req("channels", "p0"), |v| {

@@ -16,6 +16,7 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::rand::RngCore;
 use bitcoin::Amount;
 use clap::{Args, ValueEnum};
+use lightning::util::config::ChannelHandshakeLimits;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -146,6 +147,7 @@ pub async fn run(args: PaymentsArgs) -> BenchResult {
     if args.pairs == 0 || args.payments == 0 || args.concurrency.contains(&0) {
         return Err("--pairs, --payments and --concurrency must be above zero".into());
     }
+    channel_sat(&args)?;
     let dir = match args.dir.clone() {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("flotilla-bench-pay-{}", std::process::id())),
@@ -356,6 +358,23 @@ async fn measure(
     }
 }
 
+/// Each pair's channel: twice what the pair's payments move, so the reserve and fees never
+/// limit the run; refused up front if larger than a node accepts.
+fn channel_sat(args: &PaymentsArgs) -> Result<u64, Error> {
+    let total = args.payments * args.concurrency.len() + args.warmup;
+    let per_pair = total.div_ceil(args.pairs) as u64;
+    let sat = (per_pair * args.amount_msat / 1000 * 2).max(1_000_000);
+    let most = ChannelHandshakeLimits::default().max_funding_satoshis;
+    if sat > most {
+        return Err(format!(
+            "each pair's channel would need {sat} sat for its payments, above the {most} sat \
+             a node accepts: raise --pairs or lower --payments or --amount-msat"
+        )
+        .into());
+    }
+    Ok(sat)
+}
+
 /// Funds every payer, opens one channel per pair big enough for all its payments, and waits
 /// until every channel is usable.
 async fn open_channels(
@@ -363,10 +382,7 @@ async fn open_channels(
     pairs: &[(Arc<Node>, Arc<Node>)],
     args: &PaymentsArgs,
 ) -> Result<(), Error> {
-    let total = args.payments * args.concurrency.len() + args.warmup;
-    let per_pair = total.div_ceil(pairs.len()) as u64;
-    // Twice what the pair's payments move, so the reserve and fees never limit the run.
-    let channel_sat = (per_pair * args.amount_msat / 1000 * 2).max(1_000_000);
+    let channel_sat = channel_sat(args)?;
     for (payer, _) in pairs {
         chain
             .send(

@@ -25,6 +25,9 @@ use crate::signer::hub::SignerHub;
 use crate::signer::link::SignerLink;
 use crate::signer::tls::{HubTls, CA_FILE};
 
+/// Most events one `events` request answers; page on with `after`.
+const EVENTS_PAGE: u32 = 500;
+
 #[derive(Args)]
 pub struct HostArgs {
     /// The host's configuration file (JSON: db, chain, hub_listen, tls_dir, nodes).
@@ -110,6 +113,12 @@ enum Request {
     },
     Payments {
         node: String,
+    },
+    /// The node's event log, oldest first, after the event id `after`.
+    Events {
+        node: String,
+        #[serde(default)]
+        after: i64,
     },
 }
 
@@ -269,6 +278,10 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
         Request::Payments { node } => {
             let n = get(&node)?;
             json!(n.store().payments(&n.id.to_string())?)
+        }
+        Request::Events { node, after } => {
+            let n = get(&node)?;
+            json!(n.store().events(&n.id.to_string(), after, EVENTS_PAGE)?)
         }
     })
 }

@@ -310,21 +310,38 @@ async fn act(
                     .map_err(HostError::from),
                 Err(e) => Err(e.into()),
             };
-            let accepted = approval.and_then(|_| {
-                Ok(node.channel_manager.accept_inbound_channel(
-                    &temporary_channel_id,
-                    &counterparty_node_id,
-                    user_channel_id,
-                    None,
-                )?)
-            });
+            let accepted = match approval {
+                Ok(_) => node
+                    .channel_manager
+                    .accept_inbound_channel(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        user_channel_id,
+                        None,
+                    )
+                    .map_err(HostError::from),
+                Err(e) => {
+                    // Rejecting tells the peer; the request is gone already if it left.
+                    if let Err(gone) = node.channel_manager.force_close_broadcasting_latest_txn(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        format!("channel refused: {e}"),
+                    ) {
+                        tracing::debug!(node = %node.alias, error = ?gone, "refused request already gone");
+                    }
+                    Err(e)
+                }
+            };
+            // A refusal is final, whoever made it: LDK drops a request it could not accept
+            // (and tells the peer), so replaying the event would only fail again, forever.
             if let Err(e) = accepted {
                 node.keys.release_channel_keys(user_channel_id);
                 tracing::warn!(node = %node.alias, peer = %counterparty_node_id, error = %e, "inbound channel refused");
-                node.channel_manager.force_close_broadcasting_latest_txn(
-                    &temporary_channel_id,
-                    &counterparty_node_id,
-                    format!("channel refused: {e}"),
+                rows.event(
+                    &node_id,
+                    "channel_refused",
+                    &json!({"peer": counterparty_node_id.to_string(),
+                            "funding_sat": funding_satoshis, "reason": e.to_string()}),
                 )?;
             }
         }
