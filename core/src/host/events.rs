@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lightning::events::{Event, InboundChannelFunds, PaymentPurpose};
+use lightning::events::{Event, FundingInfo, InboundChannelFunds, PaymentPurpose};
 use serde_json::json;
 
 use super::error::HostError;
@@ -70,25 +70,30 @@ async fn act(
                     "the channel has no funding script matching LDK's output".into(),
                 )),
             };
-            match built {
-                Ok(tx) => {
-                    node.wallet.transaction_broadcast(&tx)?;
-                    node.channel_manager.funding_transaction_generated(
+            // The wallet counts the funding once LDK broadcasts it (`NodeBroadcaster`); until
+            // then its inputs are only reserved, freed again if the channel ends first.
+            let funded = built.map_err(HostError::from).and_then(|tx| {
+                node.channel_manager
+                    .funding_transaction_generated(
                         temporary_channel_id,
                         counterparty_node_id,
-                        tx,
-                    )?;
-                }
-                Err(e) => {
-                    // No funds: abandon the channel cleanly rather than leave it half-open.
-                    tracing::warn!(node = %node.alias, error = %e, "cannot fund channel; closing it");
-                    let _ = node.channel_manager.force_close_broadcasting_latest_txn(
-                        &temporary_channel_id,
-                        &counterparty_node_id,
-                        format!("funding failed: {e}"),
-                    );
-                    rows.event(&node_id, "funding_failed", &json!({"error": e.to_string()}))?;
-                }
+                        tx.clone(),
+                    )
+                    .map_err(|e| {
+                        let _ = node.wallet.release_reservation(&tx);
+                        HostError::from(e)
+                    })
+            });
+            if let Err(e) = funded {
+                // No funds, or the channel is gone: abandon it cleanly, once (a replay would
+                // find no channel to fund).
+                tracing::warn!(node = %node.alias, error = %e, "cannot fund channel; closing it");
+                let _ = node.channel_manager.force_close_broadcasting_latest_txn(
+                    &temporary_channel_id,
+                    &counterparty_node_id,
+                    format!("funding failed: {e}"),
+                );
+                rows.event(&node_id, "funding_failed", &json!({"error": e.to_string()}))?;
             }
         }
         Event::PaymentClaimable {
@@ -275,7 +280,14 @@ async fn act(
                 &json!({"channel_id": id, "reason": reason}),
             )?;
         }
-        Event::DiscardFunding { channel_id, .. } => {
+        Event::DiscardFunding {
+            channel_id,
+            funding_info,
+        } => {
+            // Never broadcast: its inputs are the wallet's to spend again.
+            if let FundingInfo::Tx { transaction } = funding_info {
+                node.wallet.release_reservation(&transaction)?;
+            }
             rows.event(
                 &node_id,
                 "discard_funding",

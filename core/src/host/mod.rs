@@ -2,6 +2,7 @@
 
 mod accept;
 mod background;
+mod broadcast;
 mod driver;
 pub mod error;
 mod events;

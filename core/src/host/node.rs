@@ -29,6 +29,7 @@ use lightning::util::ser::ReadableArgs;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::broadcast::NodeBroadcaster;
 use super::error::HostError;
 use super::logger::LdkLogger;
 use super::persist::MonitorPersister;
@@ -36,7 +37,7 @@ use super::types::{
     ChainFilter, ChainMonitor, ChannelManager, GossipSync, Graph, Keys, Logger, OnionMessenger,
     PeerManager, SharedScorer, Sweeper,
 };
-use crate::chain::{Broadcaster, ChainObserver, FeeCache, ListenerId};
+use crate::chain::{ChainObserver, FeeCache, ListenerId};
 use crate::signer::channel_proxy::RemoteChannelSigner;
 use crate::signer::link::SignerLink;
 use crate::signer::node_proxy::{RemoteKeys, RemoteWalletSigner};
@@ -160,7 +161,7 @@ impl NodeChain {
 /// A monitor being caught up before the chain monitor takes it over.
 type MonitorListener = (
     ChannelMonitor<RemoteChannelSigner>,
-    Arc<Broadcaster>,
+    Arc<NodeBroadcaster>,
     Arc<FeeCache>,
     Arc<Logger>,
 );
@@ -228,7 +229,6 @@ impl Node {
         }
         let logger = Arc::new(LdkLogger::new(format!("{alias}:{}", &id_hex[..8])));
         let fees = observer.fee_estimator();
-        let broadcaster = observer.broadcaster();
         let tip = observer.best_block().ok_or(HostError::NoChainTip)?;
 
         let birthday = bdk_wallet::chain::BlockId {
@@ -241,6 +241,7 @@ impl Node {
             kv.clone() as Arc<dyn KVStoreSync + Send + Sync>,
             birthday,
         )?);
+        let broadcaster = Arc::new(NodeBroadcaster::new(observer.broadcaster(), wallet.clone()));
 
         let persister = Arc::new(MonitorPersister::new(
             kv.clone(),

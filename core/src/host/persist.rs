@@ -34,8 +34,9 @@ use lightning::util::persist::{
 use lightning::util::ser::Writeable;
 use tokio::sync::Notify;
 
+use super::broadcast::NodeBroadcaster;
 use super::types::{ChainMonitor, ChannelManager, Keys, Logger};
-use crate::chain::{Broadcaster, FeeCache};
+use crate::chain::FeeCache;
 use crate::signer::carried::Carried;
 use crate::signer::channel_proxy::RemoteChannelSigner;
 use crate::store::{KvStore, KvWrite};
@@ -53,7 +54,7 @@ type Reader = MonitorUpdatingPersister<
     Arc<Logger>,
     Keys,
     Keys,
-    Arc<Broadcaster>,
+    Arc<NodeBroadcaster>,
     Arc<FeeCache>,
 >;
 
@@ -89,7 +90,7 @@ impl MonitorPersister {
         kv: Arc<KvStore>,
         deferred: bool,
         keys: Keys,
-        broadcaster: Arc<Broadcaster>,
+        broadcaster: Arc<NodeBroadcaster>,
         fees: Arc<FeeCache>,
         logger: Arc<Logger>,
     ) -> MonitorPersister {

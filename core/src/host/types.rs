@@ -12,9 +12,10 @@ use lightning::routing::utxo::UtxoLookup;
 use lightning::util::sweep::OutputSweeperSync;
 use lightning_net_tokio::SocketDescriptor;
 
+use super::broadcast::NodeBroadcaster;
 use super::logger::LdkLogger;
 use super::persist::MonitorPersister;
-use crate::chain::{Broadcaster, FeeCache};
+use crate::chain::FeeCache;
 use crate::signer::channel_proxy::RemoteChannelSigner;
 use crate::signer::node_proxy::RemoteKeys;
 use crate::store::KvStore;
@@ -33,7 +34,7 @@ pub type GossipSync = P2PGossipSync<Arc<Graph>, Utxos, Arc<Logger>>;
 pub type ChainMonitor = lightning::chain::chainmonitor::ChainMonitor<
     RemoteChannelSigner,
     Arc<ChainFilter>,
-    Arc<Broadcaster>,
+    Arc<NodeBroadcaster>,
     Arc<FeeCache>,
     Arc<Logger>,
     Arc<MonitorPersister>,
@@ -50,7 +51,7 @@ pub type Router = DefaultRouter<
 pub type MessageRouter = DefaultMessageRouter<Arc<Graph>, Arc<Logger>, Keys>;
 pub type ChannelManager = lightning::ln::channelmanager::ChannelManager<
     Arc<ChainMonitor>,
-    Arc<Broadcaster>,
+    Arc<NodeBroadcaster>,
     Keys,
     Keys,
     Keys,
@@ -81,7 +82,7 @@ pub type PeerManager = lightning::ln::peer_handler::PeerManager<
     Arc<ChainMonitor>,
 >;
 pub type Sweeper = OutputSweeperSync<
-    Arc<Broadcaster>,
+    Arc<NodeBroadcaster>,
     Arc<OnchainWallet>,
     Arc<FeeCache>,
     Arc<ChainFilter>,
