@@ -505,16 +505,6 @@ impl Policy {
         Ok(())
     }
 
-    /// Holder commitments of a channel whose parameters are not known yet (an inbound
-    /// channel's first): only of an approved channel.
-    pub fn check_channel_approved(
-        &self,
-        state: &SignerState,
-        keys_id: &KeysId,
-    ) -> Result<(), Refusal> {
-        approved_open(state.channels.get(keys_id), keys_id).map(|_| ())
-    }
-
     /// A wallet transaction may pay only the wallet itself, allowed scripts, and the funding
     /// output of a channel we open: the approved value, to a 2-of-2 with that channel's funding
     /// key, in one transaction per open (recorded: the channel must use it).

@@ -664,16 +664,21 @@ impl SeedSigner {
         } = holder;
         let params = match params {
             Some(params) => params,
-            None => match self.pinned_params(kind, keys_id)? {
-                Some(pinned) => pinned,
-                None => {
-                    // An inbound channel's first holder commitment comes before any
-                    // parameters (LDK gives none before the first signature): the peer's
-                    // signature cannot be checked, the number is kept.
-                    let view = view_of(&tx, tx.trust().txid().to_byte_array(), false);
-                    return Ok(CheckedHolder { params: None, view });
-                }
-            },
+            // The host carries holder commitments on secret releases, which all come after
+            // the channel's first signature pinned its parameters: one that comes before
+            // could not be checked, and is not taken.
+            None => self.pinned_params(kind, keys_id)?.ok_or_else(|| {
+                self.refuse(
+                    kind,
+                    Refusal {
+                        rule: "channel_parameters_missing",
+                        reason: format!(
+                            "holder commitment {} came before the channel's parameters",
+                            tx.commitment_number()
+                        ),
+                    },
+                )
+            })?,
         };
         let signer = self.channel(keys_id);
         let checked = self.check_params(kind, keys_id, &params)?;
@@ -716,13 +721,12 @@ impl SeedSigner {
         // In our own commitment, HTLCs the peer offered are the ones not `offered`.
         let view = view_of(&tx, trusted.txid().to_byte_array(), false);
         Ok(CheckedHolder {
-            params: Some(checked),
+            params: checked,
             view,
         })
     }
 
-    /// Remembers a checked holder commitment. One without parameters is taken only as the
-    /// channel's first: a host cannot record later commitments this way.
+    /// Remembers a checked holder commitment (pinning the parameters it was checked against).
     fn record_holder(
         &self,
         kind: &str,
@@ -730,36 +734,11 @@ impl SeedSigner {
         keys_id: &KeysId,
         holder: &CheckedHolder,
     ) -> Result<(), SignerError> {
-        let view = &holder.view;
-        match &holder.params {
-            Some(checked) => self
-                .policy
-                .pin_channel_parameters(state, keys_id, checked)
-                .map_err(|r| self.refuse(kind, r))?,
-            None => {
-                tracing::debug!(node = %self.node_id, "holder commitment recorded without parameters");
-                self.policy
-                    .check_channel_approved(state, keys_id)
-                    .map_err(|r| self.refuse(kind, r))?;
-                let last = state
-                    .channels
-                    .get(keys_id)
-                    .and_then(|c| c.last_validated_holder);
-                if last.is_some_and(|last| last != view.number) {
-                    return Err(self.refuse(
-                        kind,
-                        Refusal {
-                            rule: "channel_parameters_missing",
-                            reason: format!(
-                                "holder commitment {} named no channel parameters",
-                                view.number
-                            ),
-                        },
-                    ));
-                }
-            }
-        }
-        self.policy.validate_holder_commitment(state, keys_id, view);
+        self.policy
+            .pin_channel_parameters(state, keys_id, &holder.params)
+            .map_err(|r| self.refuse(kind, r))?;
+        self.policy
+            .validate_holder_commitment(state, keys_id, &holder.view);
         Ok(())
     }
 
@@ -1113,10 +1092,9 @@ struct ChannelKeys {
     pubkeys: Arc<ChannelPublicKeys>,
 }
 
-/// A holder commitment as checked: the channel's parameters (none for an inbound channel's
-/// first, which comes before any) and what the policy keeps of it.
+/// A holder commitment as checked: the channel's parameters and what the policy keeps of it.
 struct CheckedHolder {
-    params: Option<ChannelParams>,
+    params: ChannelParams,
     view: CommitmentView,
 }
 
@@ -2478,6 +2456,7 @@ mod tests {
         let tx = || ch.counterparty_tx(TOP, 100_000, vec![]);
         refused(ch.sign_counterparty(&signer, tx()), "channel_not_approved");
         let holder = ch.holder_tx(&signer, TOP, vec![]);
+        // Without parameters (none pinned yet) it could not even be checked.
         refused(
             signer.handle(Request::ValidateHolderCommitment {
                 keys_id: ch.keys_id,
@@ -2487,7 +2466,7 @@ mod tests {
                     outbound_preimages: vec![],
                 },
             }),
-            "channel_not_approved",
+            "channel_parameters_missing",
         );
         refused(ch.validate_holder(&signer, holder), "channel_not_approved");
         // Approved for another value or direction: not this channel.
