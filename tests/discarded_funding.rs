@@ -13,15 +13,13 @@ use std::time::Duration;
 
 use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Amount, Network};
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Host, HostConfig, Node};
 use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::policy::Policy;
 use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
 use flotilla_core::signer::service::SeedSigner;
-use flotilla_core::signer::state::MemoryStateStore;
 use flotilla_tests::fresh_chain;
+use flotilla_tests::in_process::{fund, seed_signer};
 
 const FUND_SAT: u64 = 1_100_000;
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -55,11 +53,8 @@ impl Handler for Holds {
 }
 
 fn signer(seed: u8, hold: bool) -> Arc<Holds> {
-    let state = Box::new(MemoryStateStore::new());
-    let signer =
-        SeedSigner::new(&[seed; 32], Network::Regtest, Policy::default(), state).expect("signer");
     Arc::new(Holds {
-        signer,
+        signer: seed_signer(seed),
         hold: AtomicBool::new(hold),
     })
 }
@@ -89,19 +84,7 @@ async fn a_discarded_funding_leaves_the_wallet_whole() {
         .await
         .expect("payee");
 
-    chain
-        .send(
-            &payer.new_address().expect("address"),
-            Amount::from_sat(FUND_SAT),
-        )
-        .await
-        .expect("fund");
-    chain.mine(1).await.expect("mine");
-    wait_until("wallet funded", Duration::from_secs(60), || {
-        payer.wallet_balance().confirmed_sat == FUND_SAT
-    })
-    .await
-    .expect("funded");
+    fund(&chain, &payer, FUND_SAT).await;
     payer
         .connect(payee.id, payee.listen_addr())
         .await

@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+pub mod in_process;
+
 /// The `flotilla` binary built beside this test (`cargo build --release` builds it).
 pub fn flotilla_bin() -> PathBuf {
     if let Ok(path) = std::env::var("FLOTILLA_BIN") {

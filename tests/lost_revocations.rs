@@ -17,17 +17,15 @@ use std::time::Duration;
 
 use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Amount, Network};
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Host, HostConfig, HostError, Node, PaymentOutcome};
 use flotilla_core::regtest::Regtest;
 use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::policy::Policy;
 use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
 use flotilla_core::signer::service::SeedSigner;
-use flotilla_core::signer::state::MemoryStateStore;
 use flotilla_core::store::StoreError;
 use flotilla_tests::fresh_chain;
+use flotilla_tests::in_process::{fund, open_usable, seed_signer};
 
 const CHANNEL_SAT: u64 = 1_000_000;
 const PAYMENT_MSAT: u64 = 5_000_000;
@@ -74,11 +72,8 @@ impl Handler for CountsRevocations {
 }
 
 fn signer(seed: u8) -> Arc<CountsRevocations> {
-    let state = Box::new(MemoryStateStore::new());
-    let signer =
-        SeedSigner::new(&[seed; 32], Network::Regtest, Policy::default(), state).expect("signer");
     Arc::new(CountsRevocations {
-        signer,
+        signer: seed_signer(seed),
         attached: AtomicU64::new(0),
         holders_attached: AtomicU64::new(0),
         standalone: AtomicU64::new(0),
@@ -154,32 +149,8 @@ async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_res
 
     let (host, nodes) = start(&chain, &db, &signers).await;
     let (payer, payee) = (&nodes[0], &nodes[1]);
-    chain
-        .send(
-            &payer.new_address().expect("address"),
-            Amount::from_sat(CHANNEL_SAT + 100_000),
-        )
-        .await
-        .expect("fund");
-    chain.mine(1).await.expect("mine");
-    wait_until("wallet funded", Duration::from_secs(60), || {
-        payer.wallet_balance().confirmed_sat >= CHANNEL_SAT
-    })
-    .await
-    .expect("funded");
-    payer
-        .connect(payee.id, payee.listen_addr())
-        .await
-        .expect("connect");
-    payer.open_channel(payee.id, CHANNEL_SAT, 0).expect("open");
-    wait_until("funding broadcast", Duration::from_secs(60), || {
-        payer.channels().iter().all(|c| c.funding_txo.is_some())
-    })
-    .await
-    .expect("funding");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    chain.mine(3).await.expect("mine");
-    usable(payer, payee, "channel ready").await;
+    fund(&chain, payer, CHANNEL_SAT + 100_000).await;
+    open_usable(&chain, payer, payee, CHANNEL_SAT).await;
     let start_msat = outbound_msat(payer);
 
     for n in 0..PAYMENTS_EACH_SIDE_OF_RESTART {

@@ -15,6 +15,7 @@ mod ops;
 mod parking;
 mod peers;
 pub mod persist;
+mod starting;
 pub mod types;
 
 pub use background::Background;

@@ -33,6 +33,7 @@ use super::broadcast::NodeBroadcaster;
 use super::error::HostError;
 use super::logger::LdkLogger;
 use super::persist::MonitorPersister;
+use super::starting::Starting;
 use super::types::{
     ChainFilter, ChainMonitor, ChannelManager, GossipSync, Graph, Keys, Logger, OnionMessenger,
     PeerManager, SharedScorer, Sweeper,
@@ -83,6 +84,8 @@ pub struct Node {
     pub(crate) address_book: Mutex<HashMap<PublicKey, SocketAddr>>,
     /// Callers of `pay_invoice` waiting for their payment's outcome, by payment hash.
     pub(crate) payment_waiters: Mutex<HashMap<[u8; 32], Vec<oneshot::Sender<PaymentOutcome>>>>,
+    /// Payments being handed to LDK, so one invoice paid twice at once starts only once.
+    pub(crate) starting: Starting,
     /// Whether the node has an announced channel, so may forward for the network: only then
     /// are its HTLCs held back a random delay (see `driver.rs`). Assumed until its channels
     /// are first listed.
@@ -467,6 +470,7 @@ impl Node {
             stop,
             tasks: Mutex::new(Vec::new()),
             payment_waiters: Mutex::new(HashMap::new()),
+            starting: Starting::default(),
             address_book: Mutex::new(address_book),
             announced: AtomicBool::new(true),
         });

@@ -22,6 +22,16 @@ use crate::signer::link::SYNC_DEADLINE;
 use crate::signer::protocol::Request;
 use crate::store::{Direction, PaymentRow, PaymentStatus};
 
+/// What became of an earlier payment of the same invoice.
+enum Earlier {
+    /// It succeeded: the same outcome again.
+    Ended(PaymentOutcome),
+    /// Still under way: its outcome arrives here.
+    InFlight(oneshot::Receiver<PaymentOutcome>),
+    /// Never made, or failed: a new attempt may go.
+    None,
+}
+
 /// On-chain balance of a node's wallet, in satoshis.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct WalletBalance {
@@ -159,10 +169,27 @@ impl Node {
             .trim()
             .parse()
             .map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
+        let rx = {
+            let _turn = self
+                .starting
+                .turn(invoice.payment_hash().to_byte_array())
+                .await;
+            match self.earlier_payment(&invoice)? {
+                Earlier::Ended(outcome) => return Ok(outcome),
+                Earlier::InFlight(rx) => rx,
+                Earlier::None => self.start_payment(&invoice).await?,
+            }
+        };
+        outcome(&invoice, timeout, rx).await
+    }
+
+    /// Has the signer approve the payment of `invoice`, then hands it to LDK; the outcome
+    /// arrives on the receiver.
+    async fn start_payment(
+        &self,
+        invoice: &Bolt11Invoice,
+    ) -> Result<oneshot::Receiver<PaymentOutcome>, HostError> {
         let hash = invoice.payment_hash().to_byte_array();
-        if let Some(earlier) = self.earlier_payment(&invoice, timeout).await? {
-            return Ok(earlier);
-        }
         // The signer's policy (limits, approval hook) decides before any HTLC exists, so a
         // refusal leaves nothing to unwind.
         self.link
@@ -185,12 +212,14 @@ impl Node {
         };
         self.store().upsert_payment(&pending)?;
         if let Err(e) = self.channel_manager.pay_for_bolt11_invoice(
-            &invoice,
+            invoice,
             PaymentId(hash),
             None,
             RouteParametersConfig::default(),
             Retry::Attempts(3),
         ) {
+            // No other caller waits on this hash: starts take turns, and an earlier
+            // payment LDK still knew would have been found in flight.
             self.payment_waiters
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -203,19 +232,14 @@ impl Node {
             })?;
             return Err(HostError::PaymentFailed(reason));
         }
-        outcome(&invoice, timeout, rx).await
+        Ok(rx)
     }
 
     /// An invoice is paid once. Asked again, the node answers with the first payment's
     /// outcome (a client retrying after a timeout must not pay twice: LDK refuses a repeated
     /// payment id only for a few minutes, after which it would pay again, and the payee would
-    /// take it), or waits for it while it is in flight. `None`: never paid, or failed, so a new
-    /// attempt may go.
-    async fn earlier_payment(
-        &self,
-        invoice: &Bolt11Invoice,
-        timeout: Duration,
-    ) -> Result<Option<PaymentOutcome>, HostError> {
+    /// take it), or with its outcome once it ends while it is in flight.
+    fn earlier_payment(&self, invoice: &Bolt11Invoice) -> Result<Earlier, HostError> {
         let hash = invoice.payment_hash().to_byte_array();
         let row = || {
             self.store().payment(
@@ -239,13 +263,13 @@ impl Node {
                     if payment_id.0 == hash)
             });
             if !known {
-                return Ok(None);
+                return Ok(Earlier::None);
             }
             let rx = self.wait_for_payment(hash);
             // Read again: it may have resolved before the wait was registered.
             stored = row()?;
             if pending(&stored) {
-                return outcome(invoice, timeout, rx).await.map(Some);
+                return Ok(Earlier::InFlight(rx));
             }
         }
         match stored {
@@ -257,9 +281,12 @@ impl Node {
             }) => {
                 let preimage = <[u8; 32]>::from_hex(&preimage)
                     .map_err(|e| HostError::Corrupt(format!("stored preimage: {e}")))?;
-                Ok(Some(PaymentOutcome::Succeeded { preimage, fee_msat }))
+                Ok(Earlier::Ended(PaymentOutcome::Succeeded {
+                    preimage,
+                    fee_msat,
+                }))
             }
-            _ => Ok(None),
+            _ => Ok(Earlier::None),
         }
     }
 

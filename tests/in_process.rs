@@ -1,0 +1,55 @@
+//! Hosts in the test's own process with in-process signers, for tests that reach inside a
+//! node (hold a signer back, call its API directly). Real btcd and real LDK peers over TCP.
+
+use std::time::Duration;
+
+use bitcoin::{Amount, Network};
+use flotilla_core::cli::demo::wait_until;
+use flotilla_core::host::Node;
+use flotilla_core::regtest::Regtest;
+use flotilla_core::signer::policy::Policy;
+use flotilla_core::signer::service::SeedSigner;
+use flotilla_core::signer::state::MemoryStateStore;
+
+/// The signer of seed `[seed; 32]`: default policy, state in memory.
+pub fn seed_signer(seed: u8) -> SeedSigner {
+    let state = Box::new(MemoryStateStore::new());
+    SeedSigner::new(&[seed; 32], Network::Regtest, Policy::default(), state).expect("signer")
+}
+
+/// Sends `sat` to `node`'s wallet, mines it, and waits until the wallet has exactly that.
+pub async fn fund(chain: &Regtest, node: &Node, sat: u64) {
+    chain
+        .send(&node.new_address().expect("address"), Amount::from_sat(sat))
+        .await
+        .expect("fund");
+    chain.mine(1).await.expect("mine");
+    wait_until("wallet funded", Duration::from_secs(60), || {
+        node.wallet_balance().confirmed_sat == sat
+    })
+    .await
+    .expect("funded");
+}
+
+/// Opens a channel of `sat` from `payer` to `payee` and waits until it is usable.
+pub async fn open_usable(chain: &Regtest, payer: &Node, payee: &Node, sat: u64) {
+    payer
+        .connect(payee.id, payee.listen_addr())
+        .await
+        .expect("connect");
+    payer.open_channel(payee.id, sat, 0).expect("open");
+    wait_until("funding broadcast", Duration::from_secs(60), || {
+        let channels = payer.channels();
+        !channels.is_empty() && channels.iter().all(|c| c.funding_txo.is_some())
+    })
+    .await
+    .expect("funding");
+    // Let the funding reach the mempool before mining it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    chain.mine(3).await.expect("mine");
+    wait_until("channel usable", Duration::from_secs(60), || {
+        payer.channels().iter().any(|c| c.is_usable)
+    })
+    .await
+    .expect("channel usable");
+}
