@@ -183,7 +183,8 @@ pub(crate) fn read_optional(
     }
 }
 
-fn now() -> Duration {
+/// Time since the Unix epoch (zero if the clock is before it).
+pub(crate) fn now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

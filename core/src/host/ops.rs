@@ -12,12 +12,12 @@ use lightning::ln::channelmanager::{
 };
 use lightning::ln::types::ChannelId;
 use lightning::routing::router::RouteParametersConfig;
-use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
+use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Currency, Description};
 use tokio::sync::oneshot;
 
 use super::error::HostError;
 use super::events::payment_update;
-use super::node::{Node, PaymentOutcome};
+use super::node::{now, Node, PaymentOutcome};
 use crate::signer::link::SYNC_DEADLINE;
 use crate::signer::protocol::Request;
 use crate::store::{Direction, PaymentRow, PaymentStatus};
@@ -189,6 +189,7 @@ impl Node {
         &self,
         invoice: &Bolt11Invoice,
     ) -> Result<oneshot::Receiver<PaymentOutcome>, HostError> {
+        self.check_payable(invoice)?;
         let hash = invoice.payment_hash().to_byte_array();
         // The signer's policy (limits, approval hook) decides before any HTLC exists, so a
         // refusal leaves nothing to unwind.
@@ -233,6 +234,27 @@ impl Node {
             return Err(HostError::PaymentFailed(reason));
         }
         Ok(rx)
+    }
+
+    /// Refuses, before the signer (and its user) is asked, an invoice no payment could
+    /// settle: another chain's, one without an amount, an expired one, this node's own.
+    fn check_payable(&self, invoice: &Bolt11Invoice) -> Result<(), HostError> {
+        let network = self.wallet.network();
+        let problem = if invoice.currency() != Currency::from(network) {
+            format!(
+                "the invoice is for another chain ({:?}), this node is on {network}",
+                invoice.currency()
+            )
+        } else if invoice.amount_milli_satoshis().is_none() {
+            "the invoice names no amount".to_owned()
+        } else if invoice.would_expire(now()) {
+            "the invoice has expired".to_owned()
+        } else if invoice.get_payee_pub_key() == self.id {
+            "the invoice is this node's own".to_owned()
+        } else {
+            return Ok(());
+        };
+        Err(HostError::InvalidInput(problem))
     }
 
     /// An invoice is paid once. Asked again, the node answers with the first payment's
