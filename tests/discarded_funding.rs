@@ -11,52 +11,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitcoin::secp256k1::ecdsa::Signature;
-use bitcoin::secp256k1::PublicKey;
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Host, HostConfig, Node};
 use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
-use flotilla_core::signer::service::SeedSigner;
+use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{fund, seed_signer};
+use flotilla_tests::in_process::{fund, intercepted, seed_signer, Intercept};
 
 const FUND_SAT: u64 = 1_100_000;
 const CHANNEL_SAT: u64 = 1_000_000;
 
-/// A signer that refuses every counterparty commitment while `hold` is set.
+/// Refuses every counterparty commitment while `hold` is set.
 struct Holds {
-    signer: SeedSigner,
     hold: AtomicBool,
 }
 
-impl Handler for Holds {
-    fn node_id(&self) -> PublicKey {
-        self.signer.node_id()
-    }
-
-    fn handover(&self) -> Handover {
-        self.signer.handover()
-    }
-
-    fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature {
-        self.signer.sign_challenge(challenge)
-    }
-
-    fn handle(&self, request: Request) -> Result<Response, SignerError> {
+impl Intercept for Holds {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
         let held = matches!(request, Request::SignCounterpartyCommitment { .. });
-        if held && self.hold.load(Ordering::SeqCst) {
-            return Err(SignerError::Refused("held by the test".into()));
-        }
-        self.signer.handle(request)
+        (held && self.hold.load(Ordering::SeqCst))
+            .then(|| Err(SignerError::Refused("held by the test".into())))
     }
-}
-
-fn signer(seed: u8, hold: bool) -> Arc<Holds> {
-    Arc::new(Holds {
-        signer: seed_signer(seed),
-        hold: AtomicBool::new(hold),
-    })
 }
 
 async fn funding_handed_to_ldk(payer: &Node, what: &str) {
@@ -74,9 +49,14 @@ async fn a_discarded_funding_leaves_the_wallet_whole() {
     let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
         .await
         .expect("host");
-    let payee_signer = signer(2, true);
+    let payee_signer = intercepted(
+        2,
+        Holds {
+            hold: AtomicBool::new(true),
+        },
+    );
     let payer = host
-        .add_node("payer", SignerLink::in_process(signer(1, false)))
+        .add_node("payer", SignerLink::in_process(Arc::new(seed_signer(1))))
         .await
         .expect("payer");
     let payee = host
@@ -121,7 +101,7 @@ async fn a_discarded_funding_leaves_the_wallet_whole() {
     );
 
     // The same coin (the wallet's only one) funds the next channel, counted once broadcast.
-    payee_signer.hold.store(false, Ordering::SeqCst);
+    payee_signer.test.hold.store(false, Ordering::SeqCst);
     payer
         .open_channel(payee.id, CHANNEL_SAT, 0)
         .expect("open again");

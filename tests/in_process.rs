@@ -1,13 +1,17 @@
 //! Hosts in the test's own process with in-process signers, for tests that reach inside a
 //! node (hold a signer back, call its API directly). Real btcd and real LDK peers over TCP.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bitcoin::secp256k1::ecdsa::Signature;
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, Network};
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::Node;
 use flotilla_core::regtest::Regtest;
 use flotilla_core::signer::policy::Policy;
+use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
 use flotilla_core::signer::service::SeedSigner;
 use flotilla_core::signer::state::MemoryStateStore;
 
@@ -52,4 +56,44 @@ pub async fn open_usable(chain: &Regtest, payer: &Node, payee: &Node, sat: u64) 
     })
     .await
     .expect("channel usable");
+}
+
+/// What a test does with a request before the seed signer sees it: answers it itself
+/// (`Some`, a refusal say) or lets it through (`None`), having counted or delayed it.
+pub trait Intercept: Send + Sync + 'static {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>>;
+}
+
+/// A seed signer (as [`seed_signer`]) behind a test's [`Intercept`].
+pub struct Intercepted<I> {
+    signer: SeedSigner,
+    pub test: I,
+}
+
+pub fn intercepted<I: Intercept>(seed: u8, test: I) -> Arc<Intercepted<I>> {
+    Arc::new(Intercepted {
+        signer: seed_signer(seed),
+        test,
+    })
+}
+
+impl<I: Intercept> Handler for Intercepted<I> {
+    fn node_id(&self) -> PublicKey {
+        self.signer.node_id()
+    }
+
+    fn handover(&self) -> Handover {
+        self.signer.handover()
+    }
+
+    fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature {
+        self.signer.sign_challenge(challenge)
+    }
+
+    fn handle(&self, request: Request) -> Result<Response, SignerError> {
+        match self.test.intercept(&request) {
+            Some(answer) => answer,
+            None => self.signer.handle(request),
+        }
+    }
 }

@@ -15,45 +15,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitcoin::secp256k1::ecdsa::Signature;
-use bitcoin::secp256k1::PublicKey;
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Host, HostConfig, HostError, Node, PaymentOutcome};
 use flotilla_core::regtest::Regtest;
 use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
-use flotilla_core::signer::service::SeedSigner;
+use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_core::store::StoreError;
 use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{fund, open_usable, seed_signer};
+use flotilla_tests::in_process::{fund, intercepted, open_usable, Intercept, Intercepted};
 
 const CHANNEL_SAT: u64 = 1_000_000;
 const PAYMENT_MSAT: u64 = 5_000_000;
 const PAYMENTS_EACH_SIDE_OF_RESTART: u64 = 3;
 
-/// A signer that counts how the peer's revocations and holder commitments reach it.
+/// Counts how the peer's revocations and holder commitments reach the signer.
+#[derive(Default)]
 struct CountsRevocations {
-    signer: SeedSigner,
     attached: AtomicU64,
     holders_attached: AtomicU64,
     standalone: AtomicU64,
 }
 
-impl Handler for CountsRevocations {
-    fn node_id(&self) -> PublicKey {
-        self.signer.node_id()
-    }
-
-    fn handover(&self) -> Handover {
-        self.signer.handover()
-    }
-
-    fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature {
-        self.signer.sign_challenge(challenge)
-    }
-
-    fn handle(&self, request: Request) -> Result<Response, SignerError> {
-        match &request {
+impl Intercept for CountsRevocations {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
+        match request {
             Request::SignCounterpartyCommitment {
                 revocation: Some(_),
                 ..
@@ -67,24 +52,17 @@ impl Handler for CountsRevocations {
             }
             _ => 0,
         };
-        self.signer.handle(request)
+        None
     }
 }
 
-fn signer(seed: u8) -> Arc<CountsRevocations> {
-    Arc::new(CountsRevocations {
-        signer: seed_signer(seed),
-        attached: AtomicU64::new(0),
-        holders_attached: AtomicU64::new(0),
-        standalone: AtomicU64::new(0),
-    })
+type Signer = Arc<Intercepted<CountsRevocations>>;
+
+fn signer(seed: u8) -> Signer {
+    intercepted(seed, CountsRevocations::default())
 }
 
-async fn start(
-    chain: &Regtest,
-    db: &Path,
-    signers: &[Arc<CountsRevocations>],
-) -> (Arc<Host>, Vec<Arc<Node>>) {
+async fn start(chain: &Regtest, db: &Path, signers: &[Signer]) -> (Arc<Host>, Vec<Arc<Node>>) {
     // A host that just shut down lets go of the database once its aborted tasks are gone.
     let mut tries = 0;
     let host = loop {
@@ -159,7 +137,7 @@ async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_res
     let count = |counter: fn(&CountsRevocations) -> &AtomicU64| -> u64 {
         signers
             .iter()
-            .map(|s| counter(s).load(Ordering::Relaxed))
+            .map(|s| counter(&s.test).load(Ordering::Relaxed))
             .sum()
     };
     let before_restart = count(|s| &s.attached);

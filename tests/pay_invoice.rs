@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bitcoin::hashes::{sha256, Hash};
-use bitcoin::secp256k1::ecdsa::Signature;
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use flotilla_core::host::{Host, HostConfig, HostError, PaymentOutcome};
 use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
-use flotilla_core::signer::service::SeedSigner;
+use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{fund, open_usable, seed_signer};
+use flotilla_tests::in_process::{
+    fund, intercepted, open_usable, seed_signer, Intercept, Intercepted,
+};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -28,39 +28,24 @@ const APPROVAL_TAKES: Duration = Duration::from_millis(300);
 const PAYMENT_MSAT: u64 = 5_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A signer slow to approve payments, counting the approvals asked of it.
+/// Approves payments slowly, counting the approvals asked.
+#[derive(Default)]
 struct SlowApproval {
-    signer: SeedSigner,
     asked: AtomicU64,
 }
 
-fn slow_approval(seed: u8) -> Arc<SlowApproval> {
-    Arc::new(SlowApproval {
-        signer: seed_signer(seed),
-        asked: AtomicU64::new(0),
-    })
-}
-
-impl Handler for SlowApproval {
-    fn node_id(&self) -> PublicKey {
-        self.signer.node_id()
-    }
-
-    fn handover(&self) -> Handover {
-        self.signer.handover()
-    }
-
-    fn sign_challenge(&self, challenge: &[u8; 32]) -> Signature {
-        self.signer.sign_challenge(challenge)
-    }
-
-    fn handle(&self, request: Request) -> Result<Response, SignerError> {
+impl Intercept for SlowApproval {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
         if matches!(request, Request::ApprovePayment { .. }) {
             self.asked.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(APPROVAL_TAKES);
         }
-        self.signer.handle(request)
+        None
     }
+}
+
+fn slow_approval(seed: u8) -> Arc<Intercepted<SlowApproval>> {
+    intercepted(seed, SlowApproval::default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +165,7 @@ async fn an_invoice_no_payment_could_settle_is_refused_before_the_signer_is_aske
         }
     }
     assert_eq!(
-        signer.asked.load(Ordering::SeqCst),
+        signer.test.asked.load(Ordering::SeqCst),
         0,
         "the signer was not asked"
     );
@@ -192,7 +177,7 @@ async fn an_invoice_no_payment_could_settle_is_refused_before_the_signer_is_aske
         "{outcome:?}"
     );
     assert_eq!(
-        signer.asked.load(Ordering::SeqCst),
+        signer.test.asked.load(Ordering::SeqCst),
         1,
         "the signer was asked"
     );
