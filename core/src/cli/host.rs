@@ -264,7 +264,9 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
             channel_id: id,
             peer,
         } => {
-            get(&node)?.close_channel(&channel_id(&id)?, &pubkey(&peer)?)?;
+            get(&node)?
+                .close_channel(&channel_id(&id)?, &pubkey(&peer)?)
+                .await?;
             json!(true)
         }
         Request::ForceClose {

@@ -494,6 +494,20 @@ impl Node {
             }
         }));
 
+        // A refused signature leaves its operation waiting: the node's user hears of it.
+        let (events, node_hex) = (shared.store.clone(), id_hex.clone());
+        pending.set_on_refusal(Box::new(move |refused| {
+            events.queue_event(
+                &node_hex,
+                "signature_refused",
+                &serde_json::json!({
+                    "request": refused.kind,
+                    "channel_id": refused.channel_id.map(|c| c.to_string()),
+                    "reason": refused.reason,
+                }),
+            )
+        }));
+
         let chain = Arc::new(NodeChain {
             chain_monitor,
             channel_manager,

@@ -22,6 +22,11 @@ use crate::signer::link::SYNC_DEADLINE;
 use crate::signer::protocol::Request;
 use crate::store::{Direction, PaymentRow, PaymentStatus};
 
+/// How long a cooperative close waits for its channel to be between updates.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// How often it asks again meanwhile.
+const CLOSE_RETRY: Duration = Duration::from_millis(20);
+
 /// What became of an earlier payment of the same invoice.
 enum Earlier {
     /// It succeeded: the same outcome again.
@@ -109,9 +114,33 @@ impl Node {
         self.channel_manager.list_channels()
     }
 
-    /// Cooperative close.
-    pub fn close_channel(&self, channel_id: &ChannelId, peer: &PublicKey) -> Result<(), HostError> {
-        Ok(self.channel_manager.close_channel(channel_id, peer)?)
+    /// Cooperative close. LDK refuses to begin one while the channel waits for its monitor's
+    /// save, holds an HTLC not yet committed or is quiescent: moments on a busy channel (here
+    /// every update waits for its save, and its signature for the signer), so while the
+    /// channel stays live the close is asked again until it begins or `CLOSE_WAIT` passes.
+    /// A channel not live (peer away, already closing, unknown) fails at once.
+    pub async fn close_channel(
+        &self,
+        channel_id: &ChannelId,
+        peer: &PublicKey,
+    ) -> Result<(), HostError> {
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        loop {
+            match self.channel_manager.close_channel(channel_id, peer) {
+                Err(_) if self.is_live(channel_id) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(CLOSE_RETRY).await
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Ready, not closing, peer connected.
+    fn is_live(&self, channel_id: &ChannelId) -> bool {
+        self.channel_manager
+            .list_channels()
+            .iter()
+            .any(|c| c.channel_id == *channel_id && c.is_usable)
     }
 
     /// Unilateral close: broadcasts our latest commitment.

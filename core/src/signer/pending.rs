@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bitcoin::hashes::{sha256, Hash, HashEngine};
+use lightning::ln::types::ChannelId;
 use tokio::runtime::Handle;
 
 use super::link::SignerLink;
@@ -23,6 +24,19 @@ pub enum Retry {
 
 /// Tells the node's LDK components to retry operations that waited on the signer.
 pub type Unblock = Box<dyn Fn(Retry) + Send + Sync>;
+
+/// Told of each refusal once, as it arrives (the operation waits on it meanwhile).
+pub type OnRefusal = Box<dyn Fn(Refused) + Send + Sync>;
+
+/// A signature the signer's policy refused.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    /// The request's kind (`sign_closing_transaction`, …).
+    pub kind: &'static str,
+    /// The channel, when the request named its funding (every request once the channel has one).
+    pub channel_id: Option<ChannelId>,
+    pub reason: String,
+}
 
 /// Identifies a request by the channel it is for (its keys id) and what it signs, so LDK's
 /// retry finds its answer.
@@ -57,6 +71,7 @@ pub struct Pending {
     runtime: Handle,
     state: Mutex<State>,
     unblock: OnceLock<Unblock>,
+    on_refusal: OnceLock<OnRefusal>,
     /// Retries asked for but not yet run (bits of [`Retry`]), so a burst of answers costs one retry.
     scheduled: AtomicU8,
 }
@@ -107,6 +122,7 @@ impl Pending {
             runtime,
             state: Mutex::new(State::default()),
             unblock: OnceLock::new(),
+            on_refusal: OnceLock::new(),
             scheduled: AtomicU8::new(0),
         })
     }
@@ -122,6 +138,11 @@ impl Pending {
     /// Wires the retry to the node's channel manager and chain monitor, once they exist.
     pub fn set_unblock(&self, unblock: Unblock) {
         let _ = self.unblock.set(unblock);
+    }
+
+    /// Whom to tell of a refusal (the node records it for its user).
+    pub fn set_on_refusal(&self, on_refusal: OnRefusal) {
+        let _ = self.on_refusal.set(on_refusal);
     }
 
     /// The answer to `request` if the signer gave it; otherwise sends it (once) and returns
@@ -151,9 +172,20 @@ impl Pending {
         let this = self.clone();
         let still_inline = inline.clone();
         let kind = request.kind();
+        let channel_id = request
+            .params()
+            .and_then(|p| p.funding_outpoint)
+            .map(ChannelId::v1_from_funding_outpoint);
         self.link.send(
             request,
             Box::new(move |answer| {
+                if let Err(SignerError::Refused(reason)) = &answer {
+                    this.refused(Refused {
+                        kind,
+                        channel_id,
+                        reason: reason.clone(),
+                    });
+                }
                 let inline = still_inline.load(Ordering::SeqCst);
                 let now = this.lock().answered(key, retry, answer, inline);
                 if now {
@@ -176,11 +208,18 @@ impl Pending {
         match answer {
             Ok(response) => Ok(response),
             Err(e) => {
-                tracing::warn!(error = %e, "signer refused; operation stays pending");
                 // Kept, so LDK's retries do not ask again and again.
                 state.ready.insert(key, Err(e));
                 Err(())
             }
+        }
+    }
+
+    fn refused(&self, refused: Refused) {
+        tracing::warn!(kind = refused.kind, channel = ?refused.channel_id, reason = %refused.reason,
+            "signer refused; operation stays pending");
+        if let Some(on_refusal) = self.on_refusal.get() {
+            on_refusal(refused);
         }
     }
 
@@ -328,17 +367,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_retired_channel_keeps_no_answer() {
+    async fn a_refusal_is_kept_and_told_once_until_its_channel_retires() {
         let (held, pending) = held_pending();
         let key = Key::of([1; 32], "commitment", &[]);
         let ask = || pending.sign(key, Retry::Channels, || secret(1));
         let sent = || held.replies.lock().unwrap().len();
 
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let told_to = told.clone();
+        pending.set_on_refusal(Box::new(move |r| told_to.lock().unwrap().push(r)));
+
         assert!(ask().is_err());
         held.answer(Err(SignerError::Refused("limit".into())));
-        // The refusal is kept: LDK's retries do not ask again.
+        // The refusal is kept: LDK's retries do not ask again, and it is told once.
+        assert!(ask().is_err());
         assert!(ask().is_err());
         assert_eq!(sent(), 0);
+        let told: Vec<_> = told.lock().unwrap().drain(..).collect();
+        assert_eq!(told.len(), 1);
+        assert_eq!(
+            (told[0].kind, told[0].channel_id, told[0].reason.as_str()),
+            ("release_commitment_secret", None, "limit")
+        );
         pending.forget([1; 32]);
         assert!(pending.lock().ready.is_empty());
         assert!(ask().is_err());

@@ -294,6 +294,30 @@ impl Request {
         }
     }
 
+    /// The channel parameters the request carries, if any (they name the funding outpoint).
+    pub fn params(&self) -> Option<&ChannelTransactionParameters> {
+        match self {
+            Request::SignCounterpartyCommitment { params, .. }
+            | Request::SignHolderCommitment { params, .. }
+            | Request::SignJusticeRevokedOutput { params, .. }
+            | Request::SignJusticeRevokedHtlc { params, .. }
+            | Request::SignCounterpartyHtlcTransaction { params, .. }
+            | Request::SignClosingTransaction { params, .. }
+            | Request::SignHolderAnchorInput { params, .. } => Some(params),
+            Request::SignHolderHtlcTransaction { descriptor, .. } => Some(
+                &descriptor
+                    .channel_derivation_parameters
+                    .transaction_parameters,
+            ),
+            Request::ValidateHolderCommitment { holder, .. }
+            | Request::ReleaseCommitmentSecret {
+                holder: Some(holder),
+                ..
+            } => holder.params.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The channel key set the request is about, if it is about one channel.
     pub fn keys_id(&self) -> Option<&KeysId> {
         match self {

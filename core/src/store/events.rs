@@ -21,6 +21,26 @@ impl Store {
         self.write(move |conn| insert(conn, &node_id, &kind, &json))
     }
 
+    /// As [`Store::insert_event`], without waiting for the commit, for callers that must not
+    /// block (inside LDK's calls). The event is lost only if the store fails (logged).
+    pub fn queue_event(&self, node_id: &str, kind: &str, data: &serde_json::Value) {
+        let (node_id, kind) = (node_id.to_owned(), kind.to_owned());
+        let queued = encode(data).map(|json| {
+            let done_kind = kind.clone();
+            self.inner.writer.submit(
+                move |conn| insert(conn, &node_id, &kind, &json),
+                move |result| {
+                    if let Err(e) = result {
+                        tracing::error!(kind = done_kind, error = %e, "event not recorded");
+                    }
+                },
+            )
+        });
+        if let Err(e) = queued {
+            tracing::error!(error = %e, "event not recorded");
+        }
+    }
+
     /// Up to `limit` events of `node_id` with an id greater than `after_id`, oldest first.
     /// Start with `after_id = 0`, then pass the last id received.
     pub fn events(

@@ -1,0 +1,237 @@
+//! Cooperative closes on a busy channel and under a signer that refuses to sign one, on real
+//! btcd and LDK peers over TCP (in-process signers, so the test can slow one down or make it
+//! refuse).
+//!
+//! A close asked while a payment is in flight begins (LDK refuses to begin one while the
+//! channel waits for a save or a signature, which here is most of a busy channel's life), the
+//! payment settles, and both wallets receive their balances. A closing signature the payer's
+//! signer refuses is recorded for the node's user, the channel waits in its negotiation, and
+//! LDK's own deadline then closes it unilaterally: nothing is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core::cli::demo::wait_until;
+use flotilla_core::host::{Host, HostConfig, Node, PaymentOutcome};
+use flotilla_core::signer::link::SignerLink;
+use flotilla_core::signer::protocol::{Request, Response, SignerError};
+use flotilla_tests::fresh_chain;
+use flotilla_tests::in_process::{fund, intercepted, open_usable, seed_signer, Intercept};
+use lightning::ln::channel_state::ChannelShutdownState;
+
+const CHANNEL_SAT: u64 = 1_000_000;
+const PAID_SAT: u64 = 50_000;
+const PAYMENT_MSAT: u64 = PAID_SAT * 1_000;
+/// What the closing transaction may pay in fees (regtest's fee estimates are the floor).
+const MAX_CLOSING_FEE_SAT: u64 = 2_000;
+
+/// Signs the peer's commitments slowly, so a payment stays in flight for a while.
+struct SlowCommitments;
+
+impl Intercept for SlowCommitments {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
+        if matches!(request, Request::SignCounterpartyCommitment { .. }) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+}
+
+/// Refuses every closing transaction, as a fee cap below the closing fee would.
+struct RefusesClosing;
+
+impl Intercept for RefusesClosing {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
+        matches!(request, Request::SignClosingTransaction { .. })
+            .then(|| Err(SignerError::Refused("max_fee: the test's cap".into())))
+    }
+}
+
+fn shutdown_states(node: &Node) -> Vec<Option<ChannelShutdownState>> {
+    node.channels()
+        .iter()
+        .map(|c| c.channel_shutdown_state)
+        .collect()
+}
+
+async fn no_channels(node: &Node, what: &str) {
+    wait_until(what, Duration::from_secs(60), || node.channels().is_empty())
+        .await
+        .expect(what);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_asked_mid_payment_begins_and_pays_both_sides() {
+    let (dir, chain, _) = fresh_chain("close-busy").await;
+    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
+        .await
+        .expect("host");
+    let payer = host
+        .add_node("payer", SignerLink::in_process(Arc::new(seed_signer(1))))
+        .await
+        .expect("payer");
+    let payee = host
+        .add_node(
+            "payee",
+            SignerLink::in_process(intercepted(2, SlowCommitments)),
+        )
+        .await
+        .expect("payee");
+    fund(&chain, &payer, CHANNEL_SAT + 100_000).await;
+    open_usable(&chain, &payer, &payee, CHANNEL_SAT).await;
+    let left_in_wallet = payer.wallet_balance().confirmed_sat;
+
+    let invoice = payee
+        .create_invoice(PAYMENT_MSAT, "before the close", 600)
+        .expect("invoice")
+        .to_string();
+    let paying = {
+        let payer = payer.clone();
+        tokio::spawn(async move { payer.pay_invoice(&invoice, Duration::from_secs(60)).await })
+    };
+    wait_until("payment in flight", Duration::from_secs(30), || {
+        payer
+            .channels()
+            .iter()
+            .any(|c| !c.pending_outbound_htlcs.is_empty())
+    })
+    .await
+    .expect("in flight");
+    let channel = payer.channels()[0].channel_id;
+    payer
+        .close_channel(&channel, &payee.id)
+        .await
+        .expect("a close asked mid-payment begins");
+    match paying.await.expect("pay task") {
+        Ok(PaymentOutcome::Succeeded { .. }) => {}
+        other => panic!("the payment in flight when the close was asked: {other:?}"),
+    }
+    no_channels(&payer, "payer's channel closed").await;
+    no_channels(&payee, "payee's channel closed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    chain.mine(1).await.expect("mine");
+    wait_until("payee's wallet paid", Duration::from_secs(60), || {
+        payee.wallet_balance().confirmed_sat == PAID_SAT
+    })
+    .await
+    .expect("the payee's balance reaches its wallet in full (the funder pays the fee)");
+    wait_until("payer's wallet paid", Duration::from_secs(60), || {
+        let got = payer.wallet_balance().confirmed_sat - left_in_wallet;
+        (CHANNEL_SAT - PAID_SAT - MAX_CLOSING_FEE_SAT..CHANNEL_SAT - PAID_SAT).contains(&got)
+    })
+    .await
+    .expect("the payer's balance, less the closing fee, reaches its wallet");
+    host.shutdown().await;
+    drop(chain);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() {
+    let (dir, chain, _) = fresh_chain("close-refused").await;
+    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
+        .await
+        .expect("host");
+    let payer = host
+        .add_node(
+            "payer",
+            SignerLink::in_process(intercepted(1, RefusesClosing)),
+        )
+        .await
+        .expect("payer");
+    let payee = host
+        .add_node("payee", SignerLink::in_process(Arc::new(seed_signer(2))))
+        .await
+        .expect("payee");
+    fund(&chain, &payer, CHANNEL_SAT + 100_000).await;
+    open_usable(&chain, &payer, &payee, CHANNEL_SAT).await;
+    let invoice = payee
+        .create_invoice(PAYMENT_MSAT, "then close", 600)
+        .expect("invoice")
+        .to_string();
+    match payer.pay_invoice(&invoice, Duration::from_secs(60)).await {
+        Ok(PaymentOutcome::Succeeded { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let channel = payer.channels()[0].channel_id;
+    payer
+        .close_channel(&channel, &payee.id)
+        .await
+        .expect("close begins");
+
+    // The refusal reaches the node's events, naming the channel and the reason, once.
+    let payer_id = payer.id.to_string();
+    let refusals = || {
+        host.store()
+            .events(&payer_id, 0, 100)
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == "signature_refused")
+            .map(|e| e.data)
+            .collect::<Vec<_>>()
+    };
+    wait_until("refusal recorded", Duration::from_secs(30), || {
+        !refusals().is_empty()
+    })
+    .await
+    .expect("the refusal is recorded");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recorded = refusals();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["request"], "sign_closing_transaction");
+    assert_eq!(recorded[0]["channel_id"], channel.to_string());
+    assert!(
+        recorded[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the test's cap")),
+        "{recorded:?}"
+    );
+    // The channel waits in its negotiation, unusable; nothing went on chain.
+    let negotiating = vec![Some(ChannelShutdownState::NegotiatingClosingFee)];
+    assert_eq!(shutdown_states(&payer), negotiating);
+    assert_eq!(shutdown_states(&payee), negotiating);
+
+    // LDK gives a negotiation two timer ticks, then closes unilaterally (the signer signs
+    // the payer's commitment: its policy refuses only the closing). Ticks come each minute;
+    // the test hurries them.
+    for _ in 0..3 {
+        payer.channel_manager.timer_tick_occurred();
+        payee.channel_manager.timer_tick_occurred();
+    }
+    no_channels(&payer, "payer's channel closed").await;
+    no_channels(&payee, "payee's channel closed").await;
+    let closed = || {
+        host.store()
+            .events(&payer_id, 0, 100)
+            .expect("events")
+            .into_iter()
+            .find(|e| e.kind == "channel_closed")
+    };
+    wait_until("closed event", Duration::from_secs(30), || {
+        closed().is_some()
+    })
+    .await
+    .expect("the close is recorded");
+    let reason = closed().unwrap().data["reason"].to_string();
+    assert!(reason.contains("closing_signed"), "{reason}");
+    // The payer's commitment confirms; the payee's output, paid to its key directly, is
+    // swept to its wallet once deep enough.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    chain.mine(7).await.expect("mine");
+    wait_until("payee's sweep broadcast", Duration::from_secs(60), || {
+        payee.wallet_balance().pending_sat > 0
+    })
+    .await
+    .expect("the payee sweeps its balance");
+    chain.mine(1).await.expect("mine");
+    wait_until("payee's wallet paid", Duration::from_secs(60), || {
+        let got = payee.wallet_balance().confirmed_sat;
+        (PAID_SAT - MAX_CLOSING_FEE_SAT..PAID_SAT).contains(&got)
+    })
+    .await
+    .expect("the payee's balance, less the sweep's fee, reaches its wallet");
+    assert!(payer.claimable_on_chain_sat() > CHANNEL_SAT - PAID_SAT - MAX_CLOSING_FEE_SAT);
+    host.shutdown().await;
+    drop(chain);
+    let _ = std::fs::remove_dir_all(&dir);
+}
