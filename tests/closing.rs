@@ -223,13 +223,25 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     })
     .await
     .expect("the payee sweeps its balance");
-    chain.mine(1).await.expect("mine");
-    wait_until("payee's wallet paid", Duration::from_secs(60), || {
-        let got = payee.wallet_balance().confirmed_sat;
-        (PAID_SAT - MAX_CLOSING_FEE_SAT..PAID_SAT).contains(&got)
-    })
-    .await
-    .expect("the payee's balance, less the sweep's fee, reaches its wallet");
+    // The sweep may reach the wallet before btcd's mempool (or be replaced by a fee bump):
+    // a block every few seconds until it confirms.
+    let swept = |got: u64| (PAID_SAT - MAX_CLOSING_FEE_SAT..PAID_SAT).contains(&got);
+    for _ in 0..12 {
+        if swept(payee.wallet_balance().confirmed_sat) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        chain.mine(1).await.expect("mine");
+        let _ = wait_until("sweep confirmed", Duration::from_secs(5), || {
+            swept(payee.wallet_balance().confirmed_sat)
+        })
+        .await;
+    }
+    assert!(
+        swept(payee.wallet_balance().confirmed_sat),
+        "the payee's balance, less the sweep's fee, reaches its wallet: {:?}",
+        payee.wallet_balance()
+    );
     assert!(payer.claimable_on_chain_sat() > CHANNEL_SAT - PAID_SAT - MAX_CLOSING_FEE_SAT);
     host.shutdown().await;
     drop(chain);
