@@ -6,11 +6,15 @@
 //! channel waits for a save or a signature, which here is most of a busy channel's life), the
 //! payment settles, and both wallets receive their balances. A closing signature the payer's
 //! signer refuses is recorded for the node's user, the channel waits in its negotiation, and
-//! LDK's own deadline then closes it unilaterally: nothing is lost.
+//! LDK's own deadline then closes it unilaterally: nothing is lost. An HTLC still in flight
+//! when the payer closes unilaterally is claimed on chain by the payee with its preimage
+//! (the claim signed by its signer), and the payer's payment succeeds from that claim.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bitcoin::hashes::{sha256, Hash};
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Host, HostConfig, Node, PaymentOutcome};
 use flotilla_core::signer::link::SignerLink;
@@ -44,6 +48,29 @@ impl Intercept for RefusesClosing {
     fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
         matches!(request, Request::SignClosingTransaction { .. })
             .then(|| Err(SignerError::Refused("max_fee: the test's cap".into())))
+    }
+}
+
+/// Once armed, signs the first of the peer's commitments and refuses every later one: an
+/// HTLC is committed on both sides, and the commitment that would settle it is never signed.
+/// Counts the claims of HTLC outputs on the peer's commitment it signs.
+#[derive(Default)]
+struct HoldsSettlement {
+    armed: AtomicBool,
+    signed: AtomicU64,
+    htlc_claims: AtomicU64,
+}
+
+impl Intercept for HoldsSettlement {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
+        if matches!(request, Request::SignCounterpartyHtlcTransaction { .. }) {
+            self.htlc_claims.fetch_add(1, Ordering::SeqCst);
+        }
+        let commitment = matches!(request, Request::SignCounterpartyCommitment { .. });
+        (commitment
+            && self.armed.load(Ordering::SeqCst)
+            && self.signed.fetch_add(1, Ordering::SeqCst) >= 1)
+            .then(|| Err(SignerError::Refused("held by the test".into())))
     }
 }
 
@@ -243,6 +270,89 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
         payee.wallet_balance()
     );
     assert!(payer.claimable_on_chain_sat() > CHANNEL_SAT - PAID_SAT - MAX_CLOSING_FEE_SAT);
+    host.shutdown().await;
+    drop(chain);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_htlc_in_flight_at_a_force_close_is_claimed_on_chain_with_its_preimage() {
+    let (dir, chain, _) = fresh_chain("close-htlc").await;
+    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
+        .await
+        .expect("host");
+    let payee_signer = intercepted(2, HoldsSettlement::default());
+    let payer = host
+        .add_node("payer", SignerLink::in_process(Arc::new(seed_signer(1))))
+        .await
+        .expect("payer");
+    let payee = host
+        .add_node("payee", SignerLink::in_process(payee_signer.clone()))
+        .await
+        .expect("payee");
+    fund(&chain, &payer, CHANNEL_SAT + 100_000).await;
+    open_usable(&chain, &payer, &payee, CHANNEL_SAT).await;
+
+    // The payee claims (its monitor learns the preimage), but the commitment that would
+    // settle the HTLC with the payer is never signed: the payment stays in flight.
+    payee_signer.test.armed.store(true, Ordering::SeqCst);
+    let invoice = payee
+        .create_invoice(PAYMENT_MSAT, "settled on chain", 3600)
+        .expect("invoice");
+    let hash = invoice.payment_hash().to_byte_array();
+    let paying = {
+        let (payer, invoice) = (payer.clone(), invoice.to_string());
+        tokio::spawn(async move { payer.pay_invoice(&invoice, Duration::from_secs(300)).await })
+    };
+    let payee_id = payee.id.to_string();
+    wait_until("payee claimed", Duration::from_secs(30), || {
+        host.store()
+            .events(&payee_id, 0, 100)
+            .expect("events")
+            .iter()
+            .any(|e| e.kind == "payment_received")
+    })
+    .await
+    .expect("the payee claims the HTLC");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !paying.is_finished(),
+        "the payer cannot know the preimage yet"
+    );
+
+    // The payer closes unilaterally with the HTLC on its commitment. The payee's monitor
+    // claims it on chain with the preimage (signed by its signer), and the payer's learns the
+    // preimage from that claim: the payment succeeds.
+    let channel = payer.channels()[0].channel_id;
+    payer
+        .force_close_channel(&channel, &payee.id)
+        .expect("force close");
+    for _ in 0..20 {
+        if paying.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        chain.mine(1).await.expect("mine");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    match paying.await.expect("pay task") {
+        Ok(PaymentOutcome::Succeeded { preimage, .. }) => {
+            assert_eq!(sha256::Hash::hash(&preimage).to_byte_array(), hash)
+        }
+        other => panic!("the HTLC was not settled on chain: {other:?}"),
+    }
+    assert!(payee_signer.test.htlc_claims.load(Ordering::SeqCst) >= 1);
+    // The payee's claim reaches its wallet (less the claim's fee).
+    wait_until(
+        "payee's claim in its wallet",
+        Duration::from_secs(30),
+        || {
+            let got = payee.wallet_balance().confirmed_sat;
+            (PAID_SAT - MAX_CLOSING_FEE_SAT..PAID_SAT).contains(&got)
+        },
+    )
+    .await
+    .expect("the HTLC's value reaches the payee's wallet");
     host.shutdown().await;
     drop(chain);
     let _ = std::fs::remove_dir_all(&dir);
