@@ -16,11 +16,9 @@ use bitcoin::secp256k1::Secp256k1;
 use bitcoin::{EcdsaSighashType, Transaction, Witness};
 use flotilla_core::chain::rpc::RpcClient;
 use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Host, HostConfig, Node, PaymentOutcome};
-use flotilla_core::signer::link::SignerLink;
+use flotilla_core::host::{Node, PaymentOutcome};
 use flotilla_core::signer::protocol::{KeysId, Request, Response, SignerError};
-use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{fund, intercepted, open_usable, Intercept};
+use flotilla_tests::in_process::{intercepted, Intercept, Pair};
 use lightning::ln::chan_utils::{
     make_funding_redeemscript, ChannelTransactionParameters, HolderCommitmentTransaction,
 };
@@ -28,7 +26,6 @@ use lightning::sign::ecdsa::EcdsaChannelSigner;
 use lightning::sign::KeysManager;
 
 const CHANNEL_SAT: u64 = 1_000_000;
-const FUND_SAT: u64 = CHANNEL_SAT + 100_000;
 /// What the cheater is paid, then pays back: the revoked commitment gives it `PAID_SAT`,
 /// the current one `PAID_SAT - PAID_BACK_SAT`.
 const PAID_SAT: u64 = 90_000;
@@ -149,24 +146,18 @@ fn fully_signed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_commitment_on_chain_loses_the_cheater_the_channel() {
-    let (dir, chain, _) = fresh_chain("breach").await;
-    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
-        .await
-        .expect("host");
     let victim_signer = intercepted(1, CountsJustice::default());
     let cheater_signer = intercepted(CHEATER_SEED, KeepsCommitments::default());
-    let victim = host
-        .add_node("victim", SignerLink::in_process(victim_signer.clone()))
-        .await
-        .expect("victim");
-    let cheater = host
-        .add_node("cheater", SignerLink::in_process(cheater_signer.clone()))
-        .await
-        .expect("cheater");
-    fund(&chain, &victim, FUND_SAT).await;
-    open_usable(&chain, &victim, &cheater, CHANNEL_SAT).await;
+    let pair = Pair::with_channel(
+        "breach",
+        victim_signer.clone(),
+        cheater_signer.clone(),
+        CHANNEL_SAT,
+    )
+    .await;
+    let (chain, victim, cheater) = (&pair.chain, &pair.payer, &pair.payee);
 
-    pay(&victim, &cheater, PAID_SAT).await;
+    pay(victim, cheater, PAID_SAT).await;
     let (keys_id, richer) = cheater_signer
         .test
         .seen
@@ -176,7 +167,7 @@ async fn a_revoked_commitment_on_chain_loses_the_cheater_the_channel() {
         .min_by_key(|(_, tx)| tx.commitment_number())
         .cloned()
         .expect("a holder commitment");
-    pay(&cheater, &victim, PAID_BACK_SAT).await;
+    pay(cheater, victim, PAID_BACK_SAT).await;
     let newest = cheater_signer
         .test
         .seen
@@ -236,7 +227,5 @@ async fn a_revoked_commitment_on_chain_loses_the_cheater_the_channel() {
         0,
         "the cheater gets nothing"
     );
-    host.shutdown().await;
-    drop(chain);
-    let _ = std::fs::remove_dir_all(&dir);
+    pair.stop().await;
 }

@@ -4,7 +4,7 @@
 //!
 //! A close asked while a payment is in flight begins (LDK refuses to begin one while the
 //! channel waits for a save or a signature, which here is most of a busy channel's life), the
-//! payment settles, and both wallets receive their balances. A closing signature the payer's
+//! payment settles or fails cleanly, and both wallets receive their balances. A closing signature the payer's
 //! signer refuses is recorded for the node's user, the channel waits in its negotiation, and
 //! LDK's own deadline then closes it unilaterally: nothing is lost. An HTLC still in flight
 //! when the payer closes unilaterally is claimed on chain by the payee with its preimage
@@ -16,11 +16,9 @@ use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
 use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Host, HostConfig, Node, PaymentOutcome};
-use flotilla_core::signer::link::SignerLink;
+use flotilla_core::host::{Node, PaymentOutcome};
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
-use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{fund, intercepted, open_usable, seed_signer, Intercept};
+use flotilla_tests::in_process::{intercepted, seed_signer, Intercept, Pair};
 use lightning::ln::channel_state::ChannelShutdownState;
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -88,30 +86,22 @@ async fn no_channels(node: &Node, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_asked_mid_payment_begins_and_pays_both_sides() {
-    let (dir, chain, _) = fresh_chain("close-busy").await;
-    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
-        .await
-        .expect("host");
-    let payer = host
-        .add_node("payer", SignerLink::in_process(Arc::new(seed_signer(1))))
-        .await
-        .expect("payer");
-    let payee = host
-        .add_node(
-            "payee",
-            SignerLink::in_process(intercepted(2, SlowCommitments)),
-        )
-        .await
-        .expect("payee");
-    fund(&chain, &payer, CHANNEL_SAT + 100_000).await;
-    open_usable(&chain, &payer, &payee, CHANNEL_SAT).await;
+async fn a_close_asked_mid_payment_begins_and_the_payment_resolves() {
+    let pair = Pair::with_channel(
+        "close-busy",
+        Arc::new(seed_signer(1)),
+        intercepted(2, SlowCommitments),
+        CHANNEL_SAT,
+    )
+    .await;
+    let (chain, payer, payee) = (&pair.chain, &pair.payer, &pair.payee);
     let left_in_wallet = payer.wallet_balance().confirmed_sat;
 
     let invoice = payee
         .create_invoice(PAYMENT_MSAT, "before the close", 600)
-        .expect("invoice")
-        .to_string();
+        .expect("invoice");
+    let hash = invoice.payment_hash().to_byte_array();
+    let invoice = invoice.to_string();
     let paying = {
         let payer = payer.clone();
         tokio::spawn(async move { payer.pay_invoice(&invoice, Duration::from_secs(60)).await })
@@ -129,49 +119,47 @@ async fn a_close_asked_mid_payment_begins_and_pays_both_sides() {
         .close_channel(&channel, &payee.id)
         .await
         .expect("a close asked mid-payment begins");
-    match paying.await.expect("pay task") {
-        Ok(PaymentOutcome::Succeeded { .. }) => {}
+    // The payment resolves either way: LDK's payee fails an HTLC it decodes after it has
+    // answered the shutdown (a race under load), and then the payer keeps the amount.
+    let paid_sat = match paying.await.expect("pay task") {
+        Ok(PaymentOutcome::Succeeded { preimage, .. }) => {
+            assert_eq!(sha256::Hash::hash(&preimage).to_byte_array(), hash);
+            PAID_SAT
+        }
+        Ok(PaymentOutcome::Failed { reason }) => {
+            eprintln!("the payment in flight at the close failed cleanly: {reason}");
+            0
+        }
         other => panic!("the payment in flight when the close was asked: {other:?}"),
-    }
-    no_channels(&payer, "payer's channel closed").await;
-    no_channels(&payee, "payee's channel closed").await;
+    };
+    no_channels(payer, "payer's channel closed").await;
+    no_channels(payee, "payee's channel closed").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     chain.mine(1).await.expect("mine");
-    wait_until("payee's wallet paid", Duration::from_secs(60), || {
-        payee.wallet_balance().confirmed_sat == PAID_SAT
-    })
-    .await
-    .expect("the payee's balance reaches its wallet in full (the funder pays the fee)");
     wait_until("payer's wallet paid", Duration::from_secs(60), || {
         let got = payer.wallet_balance().confirmed_sat - left_in_wallet;
-        (CHANNEL_SAT - PAID_SAT - MAX_CLOSING_FEE_SAT..CHANNEL_SAT - PAID_SAT).contains(&got)
+        (CHANNEL_SAT - paid_sat - MAX_CLOSING_FEE_SAT..CHANNEL_SAT - paid_sat).contains(&got)
     })
     .await
     .expect("the payer's balance, less the closing fee, reaches its wallet");
-    host.shutdown().await;
-    drop(chain);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        payee.wallet_balance().confirmed_sat,
+        paid_sat,
+        "the payee's balance reaches its wallet in full (the funder pays the fee)"
+    );
+    pair.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() {
-    let (dir, chain, _) = fresh_chain("close-refused").await;
-    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
-        .await
-        .expect("host");
-    let payer = host
-        .add_node(
-            "payer",
-            SignerLink::in_process(intercepted(1, RefusesClosing)),
-        )
-        .await
-        .expect("payer");
-    let payee = host
-        .add_node("payee", SignerLink::in_process(Arc::new(seed_signer(2))))
-        .await
-        .expect("payee");
-    fund(&chain, &payer, CHANNEL_SAT + 100_000).await;
-    open_usable(&chain, &payer, &payee, CHANNEL_SAT).await;
+    let pair = Pair::with_channel(
+        "close-refused",
+        intercepted(1, RefusesClosing),
+        Arc::new(seed_signer(2)),
+        CHANNEL_SAT,
+    )
+    .await;
+    let (chain, host, payer, payee) = (&pair.chain, &pair.host, &pair.payer, &pair.payee);
     let invoice = payee
         .create_invoice(PAYMENT_MSAT, "then close", 600)
         .expect("invoice")
@@ -215,8 +203,8 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     );
     // The channel waits in its negotiation, unusable; nothing went on chain.
     let negotiating = vec![Some(ChannelShutdownState::NegotiatingClosingFee)];
-    assert_eq!(shutdown_states(&payer), negotiating);
-    assert_eq!(shutdown_states(&payee), negotiating);
+    assert_eq!(shutdown_states(payer), negotiating);
+    assert_eq!(shutdown_states(payee), negotiating);
 
     // LDK gives a negotiation two timer ticks, then closes unilaterally (the signer signs
     // the payer's commitment: its policy refuses only the closing). Ticks come each minute;
@@ -225,8 +213,8 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
         payer.channel_manager.timer_tick_occurred();
         payee.channel_manager.timer_tick_occurred();
     }
-    no_channels(&payer, "payer's channel closed").await;
-    no_channels(&payee, "payee's channel closed").await;
+    no_channels(payer, "payer's channel closed").await;
+    no_channels(payee, "payee's channel closed").await;
     let closed = || {
         host.store()
             .events(&payer_id, 0, 100)
@@ -270,28 +258,20 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
         payee.wallet_balance()
     );
     assert!(payer.claimable_on_chain_sat() > CHANNEL_SAT - PAID_SAT - MAX_CLOSING_FEE_SAT);
-    host.shutdown().await;
-    drop(chain);
-    let _ = std::fs::remove_dir_all(&dir);
+    pair.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_htlc_in_flight_at_a_force_close_is_claimed_on_chain_with_its_preimage() {
-    let (dir, chain, _) = fresh_chain("close-htlc").await;
-    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
-        .await
-        .expect("host");
     let payee_signer = intercepted(2, HoldsSettlement::default());
-    let payer = host
-        .add_node("payer", SignerLink::in_process(Arc::new(seed_signer(1))))
-        .await
-        .expect("payer");
-    let payee = host
-        .add_node("payee", SignerLink::in_process(payee_signer.clone()))
-        .await
-        .expect("payee");
-    fund(&chain, &payer, CHANNEL_SAT + 100_000).await;
-    open_usable(&chain, &payer, &payee, CHANNEL_SAT).await;
+    let pair = Pair::with_channel(
+        "close-htlc",
+        Arc::new(seed_signer(1)),
+        payee_signer.clone(),
+        CHANNEL_SAT,
+    )
+    .await;
+    let (chain, host, payer, payee) = (&pair.chain, &pair.host, &pair.payer, &pair.payee);
 
     // The payee claims (its monitor learns the preimage), but the commitment that would
     // settle the HTLC with the payer is never signed: the payment stays in flight.
@@ -353,7 +333,5 @@ async fn an_htlc_in_flight_at_a_force_close_is_claimed_on_chain_with_its_preimag
     )
     .await
     .expect("the HTLC's value reaches the payee's wallet");
-    host.shutdown().await;
-    drop(chain);
-    let _ = std::fs::remove_dir_all(&dir);
+    pair.stop().await;
 }

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Host, HostConfig, Node};
-use flotilla_core::signer::link::SignerLink;
+use flotilla_core::host::Node;
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
-use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{fund, intercepted, seed_signer, Intercept};
+use flotilla_tests::in_process::{fund, intercepted, seed_signer, Intercept, Pair};
 
 const FUND_SAT: u64 = 1_100_000;
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -45,26 +43,21 @@ async fn funding_handed_to_ldk(payer: &Node, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discarded_funding_leaves_the_wallet_whole() {
-    let (dir, chain, _) = fresh_chain("discarded-funding").await;
-    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
-        .await
-        .expect("host");
     let payee_signer = intercepted(
         2,
         Holds {
             hold: AtomicBool::new(true),
         },
     );
-    let payer = host
-        .add_node("payer", SignerLink::in_process(Arc::new(seed_signer(1))))
-        .await
-        .expect("payer");
-    let payee = host
-        .add_node("payee", SignerLink::in_process(payee_signer.clone()))
-        .await
-        .expect("payee");
+    let pair = Pair::start(
+        "discarded-funding",
+        Arc::new(seed_signer(1)),
+        payee_signer.clone(),
+    )
+    .await;
+    let (chain, host, payer, payee) = (&pair.chain, &pair.host, &pair.payer, &pair.payee);
 
-    fund(&chain, &payer, FUND_SAT).await;
+    fund(chain, payer, FUND_SAT).await;
     payer
         .connect(payee.id, payee.listen_addr())
         .await
@@ -72,7 +65,7 @@ async fn a_discarded_funding_leaves_the_wallet_whole() {
 
     // The funding is built and handed to LDK, but waits for the payee's signature.
     payer.open_channel(payee.id, CHANNEL_SAT, 0).expect("open");
-    funding_handed_to_ldk(&payer, "first funding built").await;
+    funding_handed_to_ldk(payer, "first funding built").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let balance = payer.wallet_balance();
     assert_eq!(
@@ -105,7 +98,7 @@ async fn a_discarded_funding_leaves_the_wallet_whole() {
     payer
         .open_channel(payee.id, CHANNEL_SAT, 0)
         .expect("open again");
-    funding_handed_to_ldk(&payer, "second funding built").await;
+    funding_handed_to_ldk(payer, "second funding built").await;
     wait_until(
         "funding broadcast and counted",
         Duration::from_secs(60),
@@ -124,7 +117,5 @@ async fn a_discarded_funding_leaves_the_wallet_whole() {
     })
     .await
     .expect("channel usable");
-    host.shutdown().await;
-    drop(chain);
-    let _ = std::fs::remove_dir_all(&dir);
+    pair.stop().await;
 }

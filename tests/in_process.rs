@@ -1,6 +1,7 @@
 //! Hosts in the test's own process with in-process signers, for tests that reach inside a
 //! node (hold a signer back, call its API directly). Real btcd and real LDK peers over TCP.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,8 +9,9 @@ use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, Network};
 use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::Node;
+use flotilla_core::host::{Host, HostConfig, Node};
 use flotilla_core::regtest::Regtest;
+use flotilla_core::signer::link::SignerLink;
 use flotilla_core::signer::policy::Policy;
 use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
 use flotilla_core::signer::service::SeedSigner;
@@ -56,6 +58,60 @@ pub async fn open_usable(chain: &Regtest, payer: &Node, payee: &Node, sat: u64) 
     })
     .await
     .expect("channel usable");
+}
+
+/// A fresh chain and a host running two nodes, `payer` and `payee`, on the given signers.
+pub struct Pair {
+    pub dir: PathBuf,
+    pub chain: Regtest,
+    pub host: Arc<Host>,
+    pub payer: Arc<Node>,
+    pub payee: Arc<Node>,
+}
+
+impl Pair {
+    pub async fn start(name: &str, payer: Arc<dyn Handler>, payee: Arc<dyn Handler>) -> Pair {
+        let (dir, chain, _) = crate::fresh_chain(name).await;
+        let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
+            .await
+            .expect("host");
+        let payer = host
+            .add_node("payer", SignerLink::in_process(payer))
+            .await
+            .expect("payer");
+        let payee = host
+            .add_node("payee", SignerLink::in_process(payee))
+            .await
+            .expect("payee");
+        Pair {
+            dir,
+            chain,
+            host,
+            payer,
+            payee,
+        }
+    }
+
+    /// As [`Pair::start`], then a usable channel of `sat` from payer to payee (the payer's
+    /// wallet funded with 100,000 sat more, for the funding's fee).
+    pub async fn with_channel(
+        name: &str,
+        payer: Arc<dyn Handler>,
+        payee: Arc<dyn Handler>,
+        sat: u64,
+    ) -> Pair {
+        let pair = Pair::start(name, payer, payee).await;
+        fund(&pair.chain, &pair.payer, sat + 100_000).await;
+        open_usable(&pair.chain, &pair.payer, &pair.payee, sat).await;
+        pair
+    }
+
+    /// Stops the host and the chain and removes the test's directory.
+    pub async fn stop(self) {
+        self.host.shutdown().await;
+        drop(self.chain);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// What a test does with a request before the seed signer sees it: answers it itself

@@ -18,9 +18,7 @@ use flotilla_core::host::{Host, HostConfig, HostError, PaymentOutcome};
 use flotilla_core::signer::link::SignerLink;
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{
-    fund, intercepted, open_usable, seed_signer, Intercept, Intercepted,
-};
+use flotilla_tests::in_process::{intercepted, seed_signer, Intercept, Intercepted, Pair};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -50,20 +48,14 @@ fn slow_approval(seed: u8) -> Arc<Intercepted<SlowApproval>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invoice_paid_twice_at_once_is_paid_once() {
-    let (dir, chain, _) = fresh_chain("pay-once").await;
-    let host = Host::start(HostConfig::regtest(dir.join("host.db"), chain.rpc_config()))
-        .await
-        .expect("host");
-    let payer = host
-        .add_node("payer", SignerLink::in_process(slow_approval(1)))
-        .await
-        .expect("payer");
-    let payee = host
-        .add_node("payee", SignerLink::in_process(Arc::new(seed_signer(2))))
-        .await
-        .expect("payee");
-    fund(&chain, &payer, CHANNEL_SAT + 100_000).await;
-    open_usable(&chain, &payer, &payee, CHANNEL_SAT).await;
+    let pair = Pair::with_channel(
+        "pay-once",
+        slow_approval(1),
+        Arc::new(seed_signer(2)),
+        CHANNEL_SAT,
+    )
+    .await;
+    let (host, payer, payee) = (&pair.host, &pair.payer, &pair.payee);
     let outbound = || -> u64 {
         payer
             .channels()
@@ -104,9 +96,7 @@ async fn an_invoice_paid_twice_at_once_is_paid_once() {
         .filter(|e| e.kind == "payment_received")
         .count();
     assert_eq!(received, 1, "received once");
-    host.shutdown().await;
-    drop(chain);
-    let _ = std::fs::remove_dir_all(&dir);
+    pair.stop().await;
 }
 
 /// An invoice for `currency`, signed by a key no node of the host has.
