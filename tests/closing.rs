@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
 use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Node, PaymentOutcome};
+use flotilla_core::host::{Host, Node, PaymentOutcome};
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_tests::in_process::{intercepted, seed_signer, Intercept, Pair};
 use lightning::ln::channel_state::ChannelShutdownState;
@@ -76,6 +76,17 @@ fn shutdown_states(node: &Node) -> Vec<Option<ChannelShutdownState>> {
     node.channels()
         .iter()
         .map(|c| c.channel_shutdown_state)
+        .collect()
+}
+
+/// The data of `node`'s events of `kind`, oldest first.
+fn events(host: &Host, node: &Node, kind: &str) -> Vec<serde_json::Value> {
+    host.store()
+        .events(&node.id.to_string(), 0, 100)
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.data)
         .collect()
 }
 
@@ -175,16 +186,7 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
         .expect("close begins");
 
     // The refusal reaches the node's events, naming the channel and the reason, once.
-    let payer_id = payer.id.to_string();
-    let refusals = || {
-        host.store()
-            .events(&payer_id, 0, 100)
-            .expect("events")
-            .into_iter()
-            .filter(|e| e.kind == "signature_refused")
-            .map(|e| e.data)
-            .collect::<Vec<_>>()
-    };
+    let refusals = || events(host, payer, "signature_refused");
     wait_until("refusal recorded", Duration::from_secs(30), || {
         !refusals().is_empty()
     })
@@ -215,19 +217,13 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     }
     no_channels(payer, "payer's channel closed").await;
     no_channels(payee, "payee's channel closed").await;
-    let closed = || {
-        host.store()
-            .events(&payer_id, 0, 100)
-            .expect("events")
-            .into_iter()
-            .find(|e| e.kind == "channel_closed")
-    };
+    let closed = || events(host, payer, "channel_closed");
     wait_until("closed event", Duration::from_secs(30), || {
-        closed().is_some()
+        !closed().is_empty()
     })
     .await
     .expect("the close is recorded");
-    let reason = closed().unwrap().data["reason"].to_string();
+    let reason = closed()[0]["reason"].to_string();
     assert!(reason.contains("closing_signed"), "{reason}");
     // The payer's commitment confirms; the payee's output, paid to its key directly, is
     // swept to its wallet once deep enough.
@@ -284,13 +280,8 @@ async fn an_htlc_in_flight_at_a_force_close_is_claimed_on_chain_with_its_preimag
         let (payer, invoice) = (payer.clone(), invoice.to_string());
         tokio::spawn(async move { payer.pay_invoice(&invoice, Duration::from_secs(300)).await })
     };
-    let payee_id = payee.id.to_string();
     wait_until("payee claimed", Duration::from_secs(30), || {
-        host.store()
-            .events(&payee_id, 0, 100)
-            .expect("events")
-            .iter()
-            .any(|e| e.kind == "payment_received")
+        !events(host, payee, "payment_received").is_empty()
     })
     .await
     .expect("the payee claims the HTLC");
