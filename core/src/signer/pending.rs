@@ -33,7 +33,8 @@ pub type OnRefusal = Box<dyn Fn(Refused) + Send + Sync>;
 pub struct Refused {
     /// The request's kind (`sign_closing_transaction`, …).
     pub kind: &'static str,
-    /// The channel, when the request named its funding (every request once the channel has one).
+    /// The channel, when the request carries its parameters (every signature of a funded
+    /// channel does; a revocation secret asked alone does not).
     pub channel_id: Option<ChannelId>,
     pub reason: String,
 }
@@ -146,8 +147,9 @@ impl Pending {
     }
 
     /// The answer to `request` if the signer gave it; otherwise sends it (once) and returns
-    /// `Err(())`, LDK's "pending". A refusal stays `Err` (logged); the operation waits until the
-    /// signer's policy or the user changes, and the channel stays consistent meanwhile.
+    /// `Err(())`, LDK's "pending". A refusal stays `Err` (logged and told once, see
+    /// [`Pending::set_on_refusal`]); the operation waits until the signer's policy or the user
+    /// changes, and the channel stays consistent meanwhile.
     /// `request` is built only when it is sent: LDK calls again to collect the answer, and
     /// again while it is in flight, and building it copies the whole transaction.
     // `Err(())` is LDK's own "pending" in every signer method this serves.
