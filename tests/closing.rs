@@ -1,14 +1,14 @@
-//! Cooperative closes on a busy channel and under a signer that refuses to sign one, on real
-//! btcd and LDK peers over TCP (in-process signers, so the test can slow one down or make it
-//! refuse).
+//! Closes on real btcd and LDK peers over TCP, with in-process signers so the test can slow
+//! one down or make it refuse.
 //!
 //! A close asked while a payment is in flight begins (LDK refuses to begin one while the
-//! channel waits for a save or a signature, which here is most of a busy channel's life), the
-//! payment settles or fails cleanly, and both wallets receive their balances. A closing signature the payer's
-//! signer refuses is recorded for the node's user, the channel waits in its negotiation, and
-//! LDK's own deadline then closes it unilaterally: nothing is lost. An HTLC still in flight
-//! when the payer closes unilaterally is claimed on chain by the payee with its preimage
-//! (the claim signed by its signer), and the payer's payment succeeds from that claim.
+//! channel waits for a save or a signature, which here is most of a busy channel's life),
+//! the payment settles or fails cleanly, and both wallets receive their balances. A closing
+//! signature the payer's signer refuses is recorded for the node's user, the channel waits in
+//! its negotiation, and LDK's own deadline then closes it unilaterally: nothing is lost. An
+//! HTLC still in flight when the payer closes unilaterally is claimed on chain by the payee
+//! with its preimage (the claim signed by its signer), and the payer's payment succeeds from
+//! that claim.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
