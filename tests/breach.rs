@@ -217,15 +217,12 @@ async fn a_revoked_commitment_on_chain_loses_the_cheater_the_channel() {
         victim_signer.test.signed.load(Ordering::SeqCst) >= 1,
         "the victim's signer signed a justice transaction"
     );
+    // The whole channel less fees: the cheater's output too, so the cheater gets nothing.
+    // (Its wallet, never funded, would show nothing either way within these few blocks.)
     assert!(
         recovered() > CHANNEL_SAT - MAX_FEES_SAT,
         "the victim recovers the whole channel less fees: {} sat",
         recovered()
-    );
-    assert_eq!(
-        cheater.wallet_balance().confirmed_sat,
-        0,
-        "the cheater gets nothing"
     );
     pair.stop().await;
 }

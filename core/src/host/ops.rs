@@ -127,7 +127,9 @@ impl Node {
         let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
         loop {
             match self.channel_manager.close_channel(channel_id, peer) {
-                Err(_) if self.is_live(channel_id) && tokio::time::Instant::now() < deadline => {
+                Err(_)
+                    if self.is_live(channel_id, peer) && tokio::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(CLOSE_RETRY).await
                 }
                 other => return Ok(other?),
@@ -136,9 +138,9 @@ impl Node {
     }
 
     /// Ready, not closing, peer connected.
-    fn is_live(&self, channel_id: &ChannelId) -> bool {
+    fn is_live(&self, channel_id: &ChannelId, peer: &PublicKey) -> bool {
         self.channel_manager
-            .list_channels()
+            .list_channels_with_counterparty(peer)
             .iter()
             .any(|c| c.channel_id == *channel_id && c.is_usable)
     }
