@@ -5,7 +5,8 @@
 //! channel waits for a save or a signature, which here is most of a busy channel's life),
 //! the payment settles or fails cleanly, and both wallets receive their balances. A closing
 //! signature the payer's signer refuses is recorded for the node's user, the channel waits in
-//! its negotiation, and LDK's own deadline then closes it unilaterally: nothing is lost. An
+//! its negotiation, and LDK's own deadline then closes it unilaterally: nothing is lost (a
+//! sweep the payee's signer refuses is recorded once too, and swept once it allows it). An
 //! HTLC still in flight when the payer closes unilaterally is claimed on chain by the payee
 //! with its preimage (the claim signed by its signer), and the payer's payment succeeds from
 //! that claim.
@@ -46,6 +47,24 @@ impl Intercept for RefusesClosing {
     fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
         matches!(request, Request::SignClosingTransaction { .. })
             .then(|| Err(SignerError::Refused("max_fee: the test's cap".into())))
+    }
+}
+
+/// Refuses every sweep until disarmed, as a fee cap below the sweep's fee would; counts them.
+#[derive(Default)]
+struct RefusesSweeps {
+    disarmed: AtomicBool,
+    refused: AtomicU64,
+}
+
+impl Intercept for RefusesSweeps {
+    fn intercept(&self, request: &Request) -> Option<Result<Response, SignerError>> {
+        let refuse = matches!(request, Request::SpendOutputs { .. })
+            && !self.disarmed.load(Ordering::SeqCst);
+        refuse.then(|| {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            Err(SignerError::Refused("max_fee: the test's sweep cap".into()))
+        })
     }
 }
 
@@ -163,10 +182,11 @@ async fn a_close_asked_mid_payment_begins_and_the_payment_resolves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() {
+    let payee_signer = intercepted(2, RefusesSweeps::default());
     let pair = Pair::with_channel(
         "close-refused",
         intercepted(1, RefusesClosing),
-        Arc::new(seed_signer(2)),
+        payee_signer.clone(),
         CHANNEL_SAT,
     )
     .await;
@@ -226,10 +246,50 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     let reason = closed()[0]["reason"].to_string();
     assert!(reason.contains("closing_signed"), "{reason}");
     // The payer's commitment confirms; the payee's output, paid to its key directly, is
-    // swept to its wallet once deep enough.
+    // swept to its wallet once deep enough. Its signer refuses the sweep at first: the
+    // payee's user is told once, however often the sweeper asks (at every block; the test
+    // asks for it rather than wait for the node's 30 s tick).
     tokio::time::sleep(Duration::from_millis(500)).await;
     chain.mine(7).await.expect("mine");
+    let refused = || payee_signer.test.refused.load(Ordering::SeqCst);
+    let sweep = || {
+        let _ = payee.sweeper.regenerate_and_broadcast_spend_if_necessary();
+    };
+    // A block at a time in case the commitment reached btcd's mempool after the first ones.
+    for _ in 0..20 {
+        let asked = wait_until("sweep refused", Duration::from_secs(2), || {
+            sweep();
+            refused() >= 1
+        });
+        if asked.await.is_ok() {
+            break;
+        }
+        chain.mine(1).await.expect("mine");
+    }
+    assert!(refused() >= 1, "the payee's sweep is asked for and refused");
+    chain.mine(1).await.expect("mine");
+    wait_until("sweep refused again", Duration::from_secs(30), || {
+        sweep();
+        refused() >= 2
+    })
+    .await
+    .expect("the sweeper asks again at the next block");
+    let recorded = events(host, payee, "signature_refused");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["request"], "spend_outputs");
+    assert!(recorded[0]["channel_id"].is_null(), "{recorded:?}");
+    assert!(
+        recorded[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the test's sweep cap")),
+        "{recorded:?}"
+    );
+    assert_eq!(payee.wallet_balance().pending_sat, 0, "nothing swept yet");
+
+    // The signer allows it: the sweep is signed at the sweeper's next try.
+    payee_signer.test.disarmed.store(true, Ordering::SeqCst);
     wait_until("payee's sweep broadcast", Duration::from_secs(60), || {
+        sweep();
         payee.wallet_balance().pending_sat > 0
     })
     .await

@@ -27,6 +27,10 @@ use crate::chain::{ChainObserver, RpcConfig};
 use crate::signer::link::SignerLink;
 use crate::store::{Store, HOST_SCOPE};
 
+/// How long a shutdown waits for the host's own aborted tasks: longer than a blocking wait
+/// inside one may last ([`SYNC_DEADLINE`](crate::signer::link::SYNC_DEADLINE) for a signer).
+const TASK_GRACE: Duration = Duration::from_secs(10);
+
 /// How to run a host.
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -239,8 +243,16 @@ impl Host {
         for (_, node) in nodes {
             node.shutdown().await;
         }
-        for task in std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner())) {
+        // Aborted tasks are awaited too: one inside a blocking wait (a reconnect's ECDH, a
+        // save) ends only when that wait returns, and must not resume after its runtime shut
+        // down (tokio panics on a timer polled then).
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in &tasks {
             task.abort();
+        }
+        let deadline = tokio::time::Instant::now() + TASK_GRACE;
+        for task in tasks {
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
         if let Err(e) = self.persist_shared() {
             tracing::warn!(error = %e, "persisting graph and scorer failed");

@@ -27,7 +27,7 @@ use lightning_invoice::RawBolt11Invoice;
 use super::carried::{Carried, CarriedError};
 use super::channel_proxy::{PointCache, RemoteChannelSigner};
 use super::link::{SignerLink, SYNC_DEADLINE};
-use super::pending::Pending;
+use super::pending::{Pending, Refused};
 use super::protocol::{ChannelKeySet, Handover, KeysId, Request, Response, SignerError};
 use super::retire::Retirements;
 use crate::store::KvWrite;
@@ -53,6 +53,9 @@ pub struct RemoteKeys {
     retirements: Retirements,
     kv: Kv,
     shutdown_script: ShutdownScript,
+    /// The reason of the last sweep the signer refused, until one is signed: the sweeper asks
+    /// again at every block, and the node's user is told of a refusal once, not per block.
+    sweep_refused: Mutex<Option<String>>,
 }
 
 /// Every channel key set the signer handed over (by id), which are still unused, and which
@@ -127,6 +130,7 @@ impl RemoteKeys {
             retirements,
             kv,
             shutdown_script,
+            sweep_refused: Mutex::new(None),
         })
     }
 
@@ -514,9 +518,29 @@ impl OutputSpender for RemoteKeys {
             feerate_sat_per_1000_weight,
             locktime: locktime.map(|l| l.to_consensus_u32()),
         };
-        match self.live(request)? {
-            Response::Transaction(tx) => Ok(tx),
-            _ => Err(()),
+        let answer = self.pending.link().call_blocking(request, SYNC_DEADLINE);
+        let mut last = self.sweep_refused.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Ok(Response::Transaction(tx)) => {
+                *last = None;
+                Ok(tx)
+            }
+            // Nothing else waits on a sweep: the refusal is the user's only news of it.
+            Err(SignerError::Refused(reason)) => {
+                if last.as_ref() != Some(&reason) {
+                    *last = Some(reason.clone());
+                    self.pending.refused(Refused {
+                        kind: "spend_outputs",
+                        channel_id: None,
+                        reason,
+                    });
+                }
+                Err(())
+            }
+            other => {
+                tracing::warn!(node = %self.node_id(), answer = ?other, "sweep not signed");
+                Err(())
+            }
         }
     }
 }

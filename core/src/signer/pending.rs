@@ -217,7 +217,9 @@ impl Pending {
         }
     }
 
-    fn refused(&self, refused: Refused) {
+    /// Logs a refusal and tells the node of it. Live requests the node makes itself (a sweep)
+    /// come here too, when the caller judges the refusal news.
+    pub fn refused(&self, refused: Refused) {
         tracing::warn!(kind = refused.kind, channel = ?refused.channel_id, reason = %refused.reason,
             "signer refused; operation stays pending");
         if let Some(on_refusal) = self.on_refusal.get() {
