@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
 use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Host, Node, PaymentOutcome};
+use flotilla_core::host::{Node, PaymentOutcome};
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
-use flotilla_tests::in_process::{intercepted, seed_signer, Intercept, Pair};
+use flotilla_tests::in_process::{events, intercepted, seed_signer, Intercept, Pair};
 use lightning::ln::channel_state::ChannelShutdownState;
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -95,17 +95,6 @@ fn shutdown_states(node: &Node) -> Vec<Option<ChannelShutdownState>> {
     node.channels()
         .iter()
         .map(|c| c.channel_shutdown_state)
-        .collect()
-}
-
-/// The data of `node`'s events of `kind`, oldest first.
-fn events(host: &Host, node: &Node, kind: &str) -> Vec<serde_json::Value> {
-    host.store()
-        .events(&node.id.to_string(), 0, 100)
-        .expect("events")
-        .into_iter()
-        .filter(|e| e.kind == kind)
-        .map(|e| e.data)
         .collect()
 }
 

@@ -60,6 +60,17 @@ pub async fn open_usable(chain: &Regtest, payer: &Node, payee: &Node, sat: u64) 
     .expect("channel usable");
 }
 
+/// The data of `node`'s events of `kind`, oldest first (its first 1,000 events).
+pub fn events(host: &Host, node: &Node, kind: &str) -> Vec<serde_json::Value> {
+    host.store()
+        .events(&node.id.to_string(), 0, 1_000)
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.data)
+        .collect()
+}
+
 /// A fresh chain and a host running two nodes, `payer` and `payee`, on the given signers.
 pub struct Pair {
     pub dir: PathBuf,

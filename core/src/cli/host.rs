@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::CliResult;
 use crate::chain::RpcConfig;
-use crate::host::{Host, HostConfig, HostError, Node, PaymentOutcome};
+use crate::host::{Host, HostConfig, HostError, Node, PaymentOutcome, DEFAULT_HOLD_CLTV_DELTA};
 use crate::signer::hub::SignerHub;
 use crate::signer::link::SignerLink;
 use crate::signer::tls::{HubTls, CA_FILE};
@@ -97,6 +97,24 @@ enum Request {
         node: String,
         msat: u64,
     },
+    /// An invoice for a hash whose preimage the caller keeps: payments to it are held.
+    HoldInvoice {
+        node: String,
+        msat: u64,
+        payment_hash: String,
+        #[serde(default = "default_hold_cltv")]
+        cltv_expiry_delta: u16,
+    },
+    /// Takes a held payment.
+    Settle {
+        node: String,
+        preimage: String,
+    },
+    /// Sends a held payment back (or refuses its invoice's payments).
+    Cancel {
+        node: String,
+        payment_hash: String,
+    },
     Pay {
         node: String,
         invoice: String,
@@ -120,6 +138,10 @@ enum Request {
         #[serde(default)]
         after: i64,
     },
+}
+
+fn default_hold_cltv() -> u16 {
+    DEFAULT_HOLD_CLTV_DELTA
 }
 
 pub async fn run(args: HostArgs) -> CliResult {
@@ -191,10 +213,14 @@ fn pubkey(s: &str) -> Result<PublicKey, HostError> {
         .map_err(|_| HostError::InvalidInput(format!("not a node id: {s}")))
 }
 
+/// 32 bytes in hex: a channel id, payment hash or preimage (`what` names it in the error).
+fn bytes32(what: &str, s: &str) -> Result<[u8; 32], HostError> {
+    <[u8; 32] as bitcoin::hex::FromHex>::from_hex(s)
+        .map_err(|_| HostError::InvalidInput(format!("not a {what}: {s}")))
+}
+
 fn channel_id(s: &str) -> Result<lightning::ln::types::ChannelId, HostError> {
-    let bytes = <[u8; 32] as bitcoin::hex::FromHex>::from_hex(s)
-        .map_err(|_| HostError::InvalidInput(format!("not a channel id: {s}")))?;
-    Ok(lightning::ln::types::ChannelId(bytes))
+    Ok(lightning::ln::types::ChannelId(bytes32("channel id", s)?))
 }
 
 async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<Value, HostError> {
@@ -250,6 +276,28 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
         Request::Invoice { node, msat } => json!(get(&node)?
             .create_invoice(msat, "flotilla", 3600)?
             .to_string()),
+        Request::HoldInvoice {
+            node,
+            msat,
+            payment_hash,
+            cltv_expiry_delta,
+        } => json!(get(&node)?
+            .create_hold_invoice(
+                msat,
+                bytes32("payment hash", &payment_hash)?,
+                "flotilla",
+                3600,
+                cltv_expiry_delta
+            )?
+            .to_string()),
+        Request::Settle { node, preimage } => {
+            get(&node)?.settle_held_payment(bytes32("preimage", &preimage)?)?;
+            json!(true)
+        }
+        Request::Cancel { node, payment_hash } => {
+            get(&node)?.cancel_hold_invoice(bytes32("payment hash", &payment_hash)?)?;
+            json!(true)
+        }
         Request::Pay { node, invoice } => match get(&node)?
             .pay_invoice(&invoice, Duration::from_secs(60))
             .await?
@@ -286,4 +334,41 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
             json!(n.store().events(&n.id.to_string(), after, EVENTS_PAGE)?)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_invoice_commands_parse_with_their_defaults() {
+        let hash = "ab".repeat(32);
+        let line =
+            format!(r#"{{"cmd":"hold_invoice","node":"a","msat":5,"payment_hash":"{hash}"}}"#);
+        match serde_json::from_str::<Request>(&line).expect("parses") {
+            Request::HoldInvoice {
+                msat,
+                payment_hash,
+                cltv_expiry_delta,
+                ..
+            } => {
+                assert_eq!((msat, cltv_expiry_delta), (5, DEFAULT_HOLD_CLTV_DELTA));
+                assert_eq!(bytes32("payment hash", &payment_hash).unwrap(), [0xab; 32]);
+            }
+            _ => panic!("not a hold invoice"),
+        }
+        let settle = r#"{"cmd":"settle","node":"a","preimage":"00"}"#;
+        let Request::Settle { preimage, .. } = serde_json::from_str(settle).expect("parses") else {
+            panic!("not a settle");
+        };
+        assert!(matches!(
+            bytes32("preimage", &preimage),
+            Err(HostError::InvalidInput(_))
+        ));
+        let cancel = format!(r#"{{"cmd":"cancel","node":"a","payment_hash":"{hash}"}}"#);
+        assert!(matches!(
+            serde_json::from_str::<Request>(&cancel),
+            Ok(Request::Cancel { .. })
+        ));
+    }
 }

@@ -2,7 +2,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lightning::events::{Event, FundingInfo, InboundChannelFunds, PaymentPurpose};
+use lightning::events::{
+    Event, FundingInfo, HTLCHandlingFailureType, InboundChannelFunds, PaymentPurpose,
+};
 use serde_json::json;
 
 use super::error::HostError;
@@ -99,10 +101,13 @@ async fn act(
         Event::PaymentClaimable {
             payment_hash,
             purpose,
+            amount_msat,
+            claim_deadline,
             ..
         } => match purpose.preimage() {
             Some(preimage) => node.channel_manager.claim_funds(preimage),
-            None => node.channel_manager.fail_htlc_backwards(&payment_hash),
+            // A hold invoice's: the preimage is the user's (`hold.rs`).
+            None => node.payment_to_hold(rows, payment_hash, amount_msat, claim_deadline)?,
         },
         Event::PaymentClaimed {
             payment_hash,
@@ -358,6 +363,11 @@ async fn act(
             }
         }
         Event::PaymentPathFailed { .. } | Event::PaymentPathSuccessful { .. } => {}
+        Event::HTLCHandlingFailed {
+            failure_type: HTLCHandlingFailureType::Receive { payment_hash },
+            failure_reason,
+            ..
+        } => node.receive_failed(rows, payment_hash, failure_reason)?,
         Event::PaymentForwarded { .. } | Event::HTLCHandlingFailed { .. } => {}
         other => {
             tracing::debug!(node = %node.alias, event = ?other, "event not acted on");

@@ -7,6 +7,7 @@ mod driver;
 pub mod error;
 mod events;
 mod handover;
+mod hold;
 #[allow(clippy::module_inception)]
 mod host;
 pub mod logger;
@@ -20,6 +21,7 @@ pub mod types;
 
 pub use background::Background;
 pub use error::HostError;
+pub use hold::DEFAULT_HOLD_CLTV_DELTA;
 pub use host::{Host, HostConfig};
 pub use node::{Node, PaymentOutcome};
 pub use ops::WalletBalance;

@@ -165,20 +165,36 @@ impl Node {
         description: &str,
         expiry_secs: u32,
     ) -> Result<Bolt11Invoice, HostError> {
+        self.new_invoice(
+            Bolt11InvoiceParameters {
+                amount_msats: Some(amount_msat),
+                invoice_expiry_delta_secs: Some(expiry_secs),
+                ..Default::default()
+            },
+            description,
+        )
+    }
+
+    /// Makes an invoice of `params` (its description set here) and records it as a pending
+    /// inbound payment.
+    pub(crate) fn new_invoice(
+        &self,
+        params: Bolt11InvoiceParameters,
+        description: &str,
+    ) -> Result<Bolt11Invoice, HostError> {
         let description = Description::new(description.to_string())
             .map_err(|e| HostError::InvalidInput(format!("description: {e}")))?;
         let params = Bolt11InvoiceParameters {
-            amount_msats: Some(amount_msat),
             description: Bolt11InvoiceDescription::Direct(description),
-            invoice_expiry_delta_secs: Some(expiry_secs),
-            ..Default::default()
+            ..params
         };
+        let amount_msat = params.amount_msats;
         let invoice = self
             .channel_manager
             .create_bolt11_invoice(params)
             .map_err(|e| HostError::Lightning(format!("invoice: {e:?}")))?;
         self.store().upsert_payment(&PaymentRow {
-            amount_msat: Some(amount_msat),
+            amount_msat,
             bolt11: Some(invoice.to_string()),
             ..payment_update(
                 &self.id.to_string(),

@@ -11,7 +11,7 @@ pub const APPLICATION_ID: i32 = 0x464c_4f54;
 
 /// Migration `i` takes a database from version `i` to `i + 1`. Append only; never edit one
 /// that has shipped.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -83,6 +83,28 @@ CREATE TABLE events (
 CREATE INDEX events_by_node ON events (node_id, id);
 ";
 
+/// A payment may be `held`: a payment to a hold invoice, received and not yet settled or
+/// cancelled. SQLite cannot change a CHECK in place, so the table is rebuilt.
+const V2: &str = "
+CREATE TABLE payments_v2 (
+    node_id TEXT NOT NULL REFERENCES nodes(node_id),
+    payment_hash TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'held', 'succeeded', 'failed')),
+    amount_msat ANY,
+    fee_msat ANY,
+    preimage TEXT,
+    bolt11 TEXT,
+    failure_reason TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (node_id, payment_hash, direction)
+) STRICT;
+INSERT INTO payments_v2 SELECT * FROM payments;
+DROP TABLE payments;
+ALTER TABLE payments_v2 RENAME TO payments;
+";
+
 /// Brings a database at version `from` (already checked to be `<= SCHEMA_VERSION`) up to date.
 pub fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
     for (done, sql) in MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
@@ -94,4 +116,57 @@ pub fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_keeps_every_payment_and_allows_held() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO nodes VALUES ('n', 'alias', NULL, 'running', 1);
+             INSERT INTO payments VALUES ('n', 'h1', 'inbound', 'succeeded', 5000, NULL,
+                 'p1', 'lnbcrt1', NULL, 1, 2);
+             INSERT INTO payments VALUES ('n', 'h2', 'outbound', 'failed', 7000, 3,
+                 NULL, NULL, 'no route', 3, 4);",
+        )
+        .unwrap();
+        let all = |conn: &Connection| -> Vec<String> {
+            let mut stmt = conn
+                .prepare("SELECT * FROM payments ORDER BY payment_hash")
+                .unwrap();
+            let count = stmt.column_count();
+            stmt.query_map([], |row| {
+                let cells: Vec<String> = (0..count)
+                    .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                    .collect();
+                Ok(cells.join("|"))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        let before = all(&conn);
+
+        migrate(&mut conn, 1).unwrap();
+
+        assert_eq!(all(&conn), before);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let insert = |status: &str| {
+            conn.execute(
+                "INSERT INTO payments VALUES ('n', ?1, 'inbound', ?1, NULL, NULL, NULL, NULL,
+                     NULL, 5, 5)",
+                [status],
+            )
+        };
+        insert("held").expect("held is a status");
+        assert!(insert("bogus").is_err(), "the CHECK is kept");
+    }
 }

@@ -102,11 +102,13 @@ pub struct EventRow {
 
 /// Defines a fieldless enum stored as lowercase text, with its string conversions.
 macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident {
+        $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)?
+    }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "lowercase")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
             /// The lowercase text stored in the database.
@@ -167,19 +169,23 @@ text_enum!(
     /// Outcome of a payment; it only moves forward (see [`PaymentStatus::rank`]).
     PaymentStatus {
         Pending => "pending",
+        /// Received to a hold invoice, waiting to be settled or cancelled by the node's user.
+        Held => "held",
         Succeeded => "succeeded",
         Failed => "failed",
     }
 );
 
 impl PaymentStatus {
-    /// Order in which a payment may progress: pending, then failed, then succeeded. A failed
-    /// payment can still succeed (a retry with the same hash), a succeeded one never changes.
+    /// Order in which a payment may progress: pending, held, then failed, then succeeded. A
+    /// failed payment can still succeed (a retry with the same hash), a succeeded one never
+    /// changes.
     pub fn rank(self) -> u8 {
         match self {
             Self::Pending => 0,
-            Self::Failed => 1,
-            Self::Succeeded => 2,
+            Self::Held => 1,
+            Self::Failed => 2,
+            Self::Succeeded => 3,
         }
     }
 }
