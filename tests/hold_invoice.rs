@@ -15,7 +15,9 @@ use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Host, HostError, Node, PaymentOutcome, DEFAULT_HOLD_CLTV_DELTA};
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_core::store::{Direction, PaymentRow, PaymentStatus};
-use flotilla_tests::in_process::{events, intercepted, seed_signer, Intercept, Pair};
+use flotilla_tests::in_process::{
+    events, intercepted, outbound_msat, seed_signer, Intercept, Pair,
+};
 use lightning::ln::channelmanager::MIN_FINAL_CLTV_EXPIRY_DELTA;
 use tokio::task::JoinHandle;
 
@@ -53,13 +55,6 @@ async fn status_becomes(host: &Host, payee: &Node, hash: [u8; 32], status: Payme
     })
     .await
     .unwrap_or_else(|_| panic!("{status}: {:?}", inbound(host, payee, hash)));
-}
-
-fn outbound_msat(node: &Node) -> u64 {
-    node.channels()
-        .iter()
-        .map(|c| c.outbound_capacity_msat)
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

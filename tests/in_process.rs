@@ -60,6 +60,14 @@ pub async fn open_usable(chain: &Regtest, payer: &Node, payee: &Node, sat: u64) 
     .expect("channel usable");
 }
 
+/// What `node` can send over all its channels.
+pub fn outbound_msat(node: &Node) -> u64 {
+    node.channels()
+        .iter()
+        .map(|c| c.outbound_capacity_msat)
+        .sum()
+}
+
 /// The data of `node`'s events of `kind`, oldest first (its first 1,000 events).
 pub fn events(host: &Host, node: &Node, kind: &str) -> Vec<serde_json::Value> {
     host.store()

@@ -22,7 +22,9 @@ use flotilla_core::signer::link::SignerLink;
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_core::store::StoreError;
 use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{fund, intercepted, open_usable, Intercept, Intercepted};
+use flotilla_tests::in_process::{
+    fund, intercepted, open_usable, outbound_msat, Intercept, Intercepted,
+};
 
 const CHANNEL_SAT: u64 = 1_000_000;
 const PAYMENT_MSAT: u64 = 5_000_000;
@@ -110,13 +112,6 @@ async fn pay(payer: &Node, payee: &Node, n: u64) {
         }
         PaymentOutcome::Failed { reason } => panic!("payment {n} failed: {reason}"),
     }
-}
-
-fn outbound_msat(node: &Node) -> u64 {
-    node.channels()
-        .iter()
-        .map(|c| c.outbound_capacity_msat)
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,9 @@ use flotilla_core::host::{Host, HostConfig, HostError, PaymentOutcome};
 use flotilla_core::signer::link::SignerLink;
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_tests::fresh_chain;
-use flotilla_tests::in_process::{events, intercepted, seed_signer, Intercept, Intercepted, Pair};
+use flotilla_tests::in_process::{
+    events, intercepted, outbound_msat, seed_signer, Intercept, Intercepted, Pair,
+};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -56,14 +58,7 @@ async fn an_invoice_paid_twice_at_once_is_paid_once() {
     )
     .await;
     let (host, payer, payee) = (&pair.host, &pair.payer, &pair.payee);
-    let outbound = || -> u64 {
-        payer
-            .channels()
-            .iter()
-            .map(|c| c.outbound_capacity_msat)
-            .sum()
-    };
-    let before = outbound();
+    let before = outbound_msat(payer);
 
     let invoice = payee
         .create_invoice(PAYMENT_MSAT, "once", 600)
@@ -86,7 +81,11 @@ async fn an_invoice_paid_twice_at_once_is_paid_once() {
             other => panic!("{who} caller: {other:?}"),
         }
     }
-    assert_eq!(before - outbound(), PAYMENT_MSAT, "paid exactly once");
+    assert_eq!(
+        before - outbound_msat(payer),
+        PAYMENT_MSAT,
+        "paid exactly once"
+    );
     let received = events(host, payee, "payment_received").len();
     assert_eq!(received, 1, "received once");
     pair.stop().await;

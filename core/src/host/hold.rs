@@ -65,12 +65,7 @@ impl Node {
         // LDK's claim event carries no preimage it was not given with the invoice.
         self.store().upsert_payment(&PaymentRow {
             preimage: Some(hex(&preimage)),
-            ..payment_update(
-                &self.id.to_string(),
-                &hash,
-                Direction::Inbound,
-                PaymentStatus::Held,
-            )
+            ..self.update(&hash, PaymentStatus::Held)
         })?;
         self.channel_manager.claim_funds(PaymentPreimage(preimage));
         Ok(())
@@ -109,12 +104,7 @@ impl Node {
             Some(PaymentStatus::Pending | PaymentStatus::Held) => {
                 rows.payment(PaymentRow {
                     amount_msat: Some(amount_msat),
-                    ..payment_update(
-                        &self.id.to_string(),
-                        &hash,
-                        Direction::Inbound,
-                        PaymentStatus::Held,
-                    )
+                    ..self.update(&hash, PaymentStatus::Held)
                 })?;
                 rows.event(
                     &self.id.to_string(),
@@ -158,14 +148,18 @@ impl Node {
             .payment(&self.id.to_string(), hash, Direction::Inbound)?)
     }
 
+    /// An update of this node's inbound payment `hash` to `status`, now.
+    fn update(&self, hash: &str, status: PaymentStatus) -> PaymentRow {
+        payment_update(&self.id.to_string(), hash, Direction::Inbound, status)
+    }
+
     fn failed(&self, rows: &mut Rows, hash: &str, reason: &str) -> Result<(), HostError> {
-        let node_id = self.id.to_string();
         rows.payment(PaymentRow {
             failure_reason: Some(reason.to_string()),
-            ..payment_update(&node_id, hash, Direction::Inbound, PaymentStatus::Failed)
+            ..self.update(hash, PaymentStatus::Failed)
         })?;
         rows.event(
-            &node_id,
+            &self.id.to_string(),
             "payment_cancelled",
             &json!({"payment_hash": hash, "reason": reason}),
         )?;
