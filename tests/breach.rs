@@ -18,7 +18,7 @@ use flotilla_core::chain::rpc::RpcClient;
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Node, PaymentOutcome};
 use flotilla_core::signer::protocol::{KeysId, Request, Response, SignerError};
-use flotilla_tests::in_process::{intercepted, Intercept, Pair};
+use flotilla_tests::in_process::{intercepted, mine_until, Intercept, Pair};
 use lightning::ln::chan_utils::{
     make_funding_redeemscript, ChannelTransactionParameters, HolderCommitmentTransaction,
 };
@@ -197,22 +197,20 @@ async fn a_revoked_commitment_on_chain_loses_the_cheater_the_channel() {
     chain.mine(1).await.expect("mine");
 
     // The victim's monitor sees a revoked commitment: its justice transaction takes the
-    // cheater's output, and its own output is swept once deep enough. A block every few
-    // seconds until both reach its wallet.
+    // cheater's output, and its own output is swept once deep enough. A block a second until
+    // both reach its wallet.
     let recovered = || {
         victim
             .wallet_balance()
             .confirmed_sat
             .saturating_sub(victim_wallet)
     };
-    for _ in 0..20 {
-        if recovered() > CHANNEL_SAT - MAX_FEES_SAT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        chain.mine(1).await.expect("mine");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // The test asks for the sweep rather than wait for the node's 30 s tick.
+    mine_until(chain, 20, || {
+        let _ = victim.sweeper.regenerate_and_broadcast_spend_if_necessary();
+        recovered() > CHANNEL_SAT - MAX_FEES_SAT
+    })
+    .await;
     assert!(
         victim_signer.test.signed.load(Ordering::SeqCst) >= 1,
         "the victim's signer signed a justice transaction"

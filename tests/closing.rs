@@ -19,7 +19,7 @@ use bitcoin::hashes::{sha256, Hash};
 use flotilla_core::cli::demo::wait_until;
 use flotilla_core::host::{Node, PaymentOutcome};
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
-use flotilla_tests::in_process::{events, intercepted, seed_signer, Intercept, Pair};
+use flotilla_tests::in_process::{events, intercepted, mine_until, seed_signer, Intercept, Pair};
 use lightning::ln::channel_state::ChannelShutdownState;
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -244,18 +244,11 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     let sweep = || {
         let _ = payee.sweeper.regenerate_and_broadcast_spend_if_necessary();
     };
-    // A block at a time in case the commitment reached btcd's mempool after the first ones.
-    for _ in 0..20 {
-        let asked = wait_until("sweep refused", Duration::from_secs(2), || {
-            sweep();
-            refused() >= 1
-        });
-        if asked.await.is_ok() {
-            break;
-        }
-        chain.mine(1).await.expect("mine");
-    }
-    assert!(refused() >= 1, "the payee's sweep is asked for and refused");
+    let asked = mine_until(chain, 20, || {
+        sweep();
+        refused() >= 1
+    });
+    assert!(asked.await, "the payee's sweep is asked for and refused");
     chain.mine(1).await.expect("mine");
     wait_until("sweep refused again", Duration::from_secs(30), || {
         sweep();
@@ -283,22 +276,12 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     })
     .await
     .expect("the payee sweeps its balance");
-    // The sweep may reach the wallet before btcd's mempool (or be replaced by a fee bump):
-    // a block every few seconds until it confirms.
-    let swept = |got: u64| (PAID_SAT - MAX_CLOSING_FEE_SAT..PAID_SAT).contains(&got);
-    for _ in 0..12 {
-        if swept(payee.wallet_balance().confirmed_sat) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        chain.mine(1).await.expect("mine");
-        let _ = wait_until("sweep confirmed", Duration::from_secs(5), || {
-            swept(payee.wallet_balance().confirmed_sat)
-        })
-        .await;
-    }
+    // The sweep may reach the wallet before btcd's mempool (or be replaced by a fee bump).
+    let swept = || {
+        (PAID_SAT - MAX_CLOSING_FEE_SAT..PAID_SAT).contains(&payee.wallet_balance().confirmed_sat)
+    };
     assert!(
-        swept(payee.wallet_balance().confirmed_sat),
+        mine_until(chain, 12, swept).await,
         "the payee's balance, less the sweep's fee, reaches its wallet: {:?}",
         payee.wallet_balance()
     );
@@ -347,14 +330,7 @@ async fn an_htlc_in_flight_at_a_force_close_is_claimed_on_chain_with_its_preimag
     payer
         .force_close_channel(&channel, &payee.id)
         .expect("force close");
-    for _ in 0..20 {
-        if paying.is_finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        chain.mine(1).await.expect("mine");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    mine_until(chain, 20, || paying.is_finished()).await;
     match paying.await.expect("pay task") {
         Ok(PaymentOutcome::Succeeded { preimage, .. }) => {
             assert_eq!(sha256::Hash::hash(&preimage).to_byte_array(), hash)

@@ -16,7 +16,7 @@ use flotilla_core::host::{Host, HostError, Node, PaymentOutcome, DEFAULT_HOLD_CL
 use flotilla_core::signer::protocol::{Request, Response, SignerError};
 use flotilla_core::store::{Direction, PaymentRow, PaymentStatus};
 use flotilla_tests::in_process::{
-    events, intercepted, outbound_msat, seed_signer, Intercept, Pair,
+    events, intercepted, mine_until, outbound_msat, seed_signer, Intercept, Pair,
 };
 use lightning::ln::channelmanager::MIN_FINAL_CLTV_EXPIRY_DELTA;
 use tokio::task::JoinHandle;
@@ -232,13 +232,7 @@ async fn a_held_payment_never_released_is_taken_back_on_chain_by_the_payer() {
     .await
     .expect("the payer closes the channel");
     // A block at a time until the HTLC-timeout confirms deep enough to fail the payment.
-    for _ in 0..30 {
-        if paying.is_finished() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        chain.mine(1).await.expect("mine");
-    }
+    mine_until(chain, 30, || paying.is_finished()).await;
     match paying.await.expect("payer task") {
         PaymentOutcome::Failed { .. } => {}
         other => panic!("{other:?}"),
@@ -258,21 +252,14 @@ async fn a_held_payment_never_released_is_taken_back_on_chain_by_the_payer() {
     chain.mine(144).await.expect("mine");
     // The wallet had the channel and 100,000 sat more before the open; without the HTLC it
     // could not get back above the channel and 10,000 sat.
-    let recovered = |got: u64| got > CHANNEL_SAT + 100_000 - FEES_SAT;
-    for _ in 0..20 {
+    let recovered = || {
         let _ = payer.sweeper.regenerate_and_broadcast_spend_if_necessary();
-        let swept = wait_until("sweep confirmed", Duration::from_secs(3), || {
-            recovered(payer.wallet_balance().confirmed_sat)
-        });
-        if swept.await.is_ok() {
-            break;
-        }
-        chain.mine(1).await.expect("mine");
-    }
-    let balance = payer.wallet_balance();
+        payer.wallet_balance().confirmed_sat > CHANNEL_SAT + 100_000 - FEES_SAT
+    };
     assert!(
-        recovered(balance.confirmed_sat),
-        "the whole channel, the HTLC included, less fees: {balance:?}"
+        mine_until(chain, 20, recovered).await,
+        "the whole channel, the HTLC included, less fees: {:?}",
+        payer.wallet_balance()
     );
     pair.stop().await;
 }

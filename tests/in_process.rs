@@ -60,6 +60,24 @@ pub async fn open_usable(chain: &Regtest, payer: &Node, payee: &Node, sat: u64) 
     .expect("channel usable");
 }
 
+/// Mines a block at a time, at most `blocks`, until `done` holds, giving the nodes a second
+/// before each block (a transaction may reach btcd's mempool after the block that was
+/// meant to confirm it, or wait for a block to be built). Whether `done` came to hold.
+pub async fn mine_until(chain: &Regtest, blocks: u32, done: impl Fn() -> bool) -> bool {
+    for _ in 0..blocks {
+        if wait_until("mined until", Duration::from_secs(1), &done)
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        chain.mine(1).await.expect("mine");
+    }
+    wait_until("mined until", Duration::from_secs(1), &done)
+        .await
+        .is_ok()
+}
+
 /// What `node` can send over all its channels.
 pub fn outbound_msat(node: &Node) -> u64 {
     node.channels()

@@ -20,7 +20,8 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as hashes and preimages are kept in the plain tables.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bitcoin::hex::DisplayHex::to_lower_hex_string(bytes)
 }
 

@@ -11,7 +11,7 @@ use lightning_invoice::Bolt11Invoice;
 use serde_json::json;
 
 use super::error::HostError;
-use super::events::payment_update;
+use super::events::{hex, payment_update};
 use super::node::Node;
 use crate::store::{Direction, PaymentRow, PaymentStatus, Rows};
 
@@ -61,7 +61,10 @@ impl Node {
     /// the claim, as for any payment.
     pub fn settle_held_payment(&self, preimage: [u8; 32]) -> Result<(), HostError> {
         let hash = hex(&sha256::Hash::hash(&preimage).to_byte_array());
-        self.held(&hash)?;
+        match self.status(&hash)? {
+            PaymentStatus::Held => {}
+            status => return Err(not_held(&hash, status)),
+        }
         // LDK's claim event carries no preimage it was not given with the invoice.
         self.store().upsert_payment(&PaymentRow {
             preimage: Some(hex(&preimage)),
@@ -75,10 +78,9 @@ impl Node {
     /// of the invoice. The row turns `failed` at once.
     pub fn cancel_hold_invoice(&self, payment_hash: [u8; 32]) -> Result<(), HostError> {
         let hash = hex(&payment_hash);
-        match self.inbound(&hash)?.map(|row| row.status) {
-            Some(PaymentStatus::Pending | PaymentStatus::Held) => {}
-            Some(status) => return Err(not_held(&hash, status)),
-            None => return Err(HostError::InvalidInput(format!("no invoice for {hash}"))),
+        match self.status(&hash)? {
+            PaymentStatus::Pending | PaymentStatus::Held => {}
+            status => return Err(not_held(&hash, status)),
         }
         // Failed first: a payment that becomes claimable meanwhile then finds the row
         // failed and is sent back by the event handler, if not by the call below.
@@ -134,12 +136,11 @@ impl Node {
         Ok(())
     }
 
-    fn held(&self, hash: &str) -> Result<(), HostError> {
-        match self.inbound(hash)?.map(|row| row.status) {
-            Some(PaymentStatus::Held) => Ok(()),
-            Some(status) => Err(not_held(hash, status)),
-            None => Err(HostError::InvalidInput(format!("no invoice for {hash}"))),
-        }
+    /// The status of this node's invoice for `hash`; an error if it made none.
+    fn status(&self, hash: &str) -> Result<PaymentStatus, HostError> {
+        self.inbound(hash)?
+            .map(|row| row.status)
+            .ok_or_else(|| HostError::InvalidInput(format!("no invoice for {hash}")))
     }
 
     fn inbound(&self, hash: &str) -> Result<Option<PaymentRow>, HostError> {
@@ -169,8 +170,4 @@ impl Node {
 
 fn not_held(hash: &str, status: PaymentStatus) -> HostError {
     HostError::InvalidInput(format!("the payment {hash} is {status}, not held"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bitcoin::hex::DisplayHex::to_lower_hex_string(bytes)
 }
