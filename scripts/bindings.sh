@@ -42,8 +42,12 @@ die() {
 }
 
 build_library() {
-    say "cargo build --release -p flotilla-bindings -p flotilla-core"
-    cargo build --release -p flotilla-bindings -p flotilla-core || die "cargo build failed"
+    # Built alone, as maturin (and an app) builds it: its dependencies' features are then those
+    # of the signer side only, and maturin finds the library fresh. The host binary is a
+    # separate build, with the workspace's features (fresh after `cargo build --workspace`).
+    say "cargo build --release -p flotilla-bindings; cargo build --release -p flotilla"
+    cargo build --release -p flotilla-bindings || die "cargo build failed"
+    cargo build --release -p flotilla || die "cargo build failed"
     [ -f "$LIB" ] || die "missing $LIB after build"
     [ -x "$FLOTILLA_BIN" ] || die "missing $FLOTILLA_BIN after build"
     [ -x "$BINDGEN" ] || die "missing $BINDGEN after build"

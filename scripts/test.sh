@@ -11,9 +11,10 @@ command -v cargo >/dev/null || { echo "error: Rust (cargo) is needed"; exit 1; }
 # btcd is installed by the project's own code when missing; do it once up front so the
 # parallel tests do not all wait for it.
 cargo build --release --workspace
+scripts/check-deps.sh
 ./target/release/flotilla regtest install
 
-cargo test --release --workspace -- --test-threads=2
+cargo test --release --workspace --no-fail-fast -- --test-threads=2
 if [ -x scripts/bindings.sh ]; then
   scripts/bindings.sh
 fi

@@ -14,10 +14,10 @@ use std::time::Duration;
 use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::secp256k1::Secp256k1;
 use bitcoin::{EcdsaSighashType, Transaction, Witness};
-use flotilla_core::chain::rpc::RpcClient;
-use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Node, PaymentOutcome};
-use flotilla_core::signer::protocol::{KeysId, Request, Response, SignerError};
+use flotilla_host::chain::rpc::RpcClient;
+use flotilla_host::{Node, PaymentOutcome};
+use flotilla_proto::{KeysId, Request, Response, SignerError};
+use flotilla_regtest::wait_until;
 use flotilla_tests::in_process::{intercepted, mine_until, Intercept, Pair};
 use lightning::ln::chan_utils::{
     make_funding_redeemscript, ChannelTransactionParameters, HolderCommitmentTransaction,

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
-use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Node, PaymentOutcome};
-use flotilla_core::signer::protocol::{Request, Response, SignerError};
-use flotilla_tests::in_process::{events, intercepted, mine_until, seed_signer, Intercept, Pair};
+use flotilla_host::{Node, PaymentOutcome};
+use flotilla_proto::{Request, Response, SignerError};
+use flotilla_regtest::wait_until;
+use flotilla_tests::in_process::{
+    events, intercepted, mine_until, seed_signer, wait_for_mempool, Intercept, Pair,
+};
 use lightning::ln::channel_state::ChannelShutdownState;
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -238,13 +240,13 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     // swept to its wallet once deep enough. Its signer refuses the sweep at first: the
     // payee's user is told once, however often the sweeper asks (at every block; the test
     // asks for it rather than wait for the node's 30 s tick).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_mempool(chain).await;
     chain.mine(7).await.expect("mine");
     let refused = || payee_signer.test.refused.load(Ordering::SeqCst);
     let sweep = || {
         let _ = payee.sweeper.regenerate_and_broadcast_spend_if_necessary();
     };
-    let asked = mine_until(chain, 20, || {
+    let asked = mine_until(chain, 30, || {
         sweep();
         refused() >= 1
     });

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::Node;
-use flotilla_core::signer::protocol::{Request, Response, SignerError};
+use flotilla_host::Node;
+use flotilla_proto::{Request, Response, SignerError};
+use flotilla_regtest::wait_until;
 use flotilla_tests::in_process::{fund, intercepted, seed_signer, Intercept, Pair};
 
 const FUND_SAT: u64 = 1_100_000;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
-use flotilla_core::store::{ChannelStatus, Direction, PaymentStatus, Store};
+use flotilla_host::store::{ChannelStatus, Direction, PaymentStatus, Store};
 use flotilla_tests::{
     channel_to, free_port, fresh_chain, req, write_seed, HostProcess, SignerProcess,
 };
@@ -111,7 +111,7 @@ async fn hosts_open_pay_restart_and_close() {
     // A second host on the same database is refused while the first runs.
     assert!(matches!(
         Store::open(&a_db),
-        Err(flotilla_core::store::StoreError::Locked { .. })
+        Err(flotilla_host::store::StoreError::Locked { .. })
     ));
 
     // Fund every wallet from the harness and confirm.

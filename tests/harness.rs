@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use flotilla_core::regtest::Regtest;
+use flotilla_regtest::Regtest;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -31,6 +31,8 @@ pub struct HostProcess {
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
     pub nodes: Value,
+    /// Nodes that did not start (alias, error), as the host reported them.
+    pub failed: Value,
     /// Where its SignerHub listens (`https://…`), and the CA file signers must trust.
     pub hub_url: String,
     pub ca_file: PathBuf,
@@ -60,8 +62,8 @@ pub fn free_port() -> u16 {
 
 /// The node id a seed file gives (what the host registers for its signer).
 pub fn node_id_of(seed_file: &Path) -> String {
-    let seed = flotilla_core::signer::seed::read_seed_file(seed_file).expect("seed file");
-    flotilla_core::signer::seed::node_public_key(&seed)
+    let seed = flotilla_signer::seed::read_seed_file(seed_file).expect("seed file");
+    flotilla_signer::seed::node_public_key(&seed)
         .expect("node key")
         .to_string()
 }
@@ -136,6 +138,7 @@ impl HostProcess {
             stdin,
             stdout,
             nodes: Value::Null,
+            failed: Value::Null,
             hub_url: hello["ok"]["hub"].as_str().unwrap_or_default().to_string(),
             ca_file: PathBuf::from(hello["ok"]["ca_file"].as_str().unwrap_or_default()),
         })
@@ -148,6 +151,7 @@ impl HostProcess {
             return Err(format!("host failed to start: {up}"));
         }
         self.nodes = up["ok"]["nodes"].clone();
+        self.failed = up["ok"]["failed"].clone();
         Ok(())
     }
 

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
-use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Host, HostError, Node, PaymentOutcome, DEFAULT_HOLD_CLTV_DELTA};
-use flotilla_core::signer::protocol::{Request, Response, SignerError};
-use flotilla_core::store::{Direction, PaymentRow, PaymentStatus};
+use flotilla_host::store::{Direction, PaymentRow, PaymentStatus};
+use flotilla_host::{Host, HostError, Node, PaymentOutcome, DEFAULT_HOLD_CLTV_DELTA};
+use flotilla_proto::{Request, Response, SignerError};
+use flotilla_regtest::wait_until;
 use flotilla_tests::in_process::{
     events, intercepted, mine_until, outbound_msat, seed_signer, Intercept, Pair,
 };

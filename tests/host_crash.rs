@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flotilla_core::store::{ChannelStatus, Store};
+use flotilla_host::store::{ChannelStatus, Store};
 use flotilla_tests::{
     channel_to, free_port, fresh_chain, req, write_seed, HostProcess, SignerProcess,
 };
@@ -264,7 +264,7 @@ fn assert_monitor_layout(db: &Path) {
             )
             .unwrap();
         assert!(
-            updates < flotilla_core::host::persist::FULL_EVERY,
+            updates < flotilla_host::persist::FULL_EVERY,
             "{updates} updates kept beside monitor {key} of {scope}"
         );
     }

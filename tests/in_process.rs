@@ -8,19 +8,16 @@ use std::time::Duration;
 use bitcoin::secp256k1::ecdsa::Signature;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Amount, Network};
-use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Host, HostConfig, Node};
-use flotilla_core::regtest::Regtest;
-use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::policy::Policy;
-use flotilla_core::signer::protocol::{Handler, Handover, Request, Response, SignerError};
-use flotilla_core::signer::service::SeedSigner;
-use flotilla_core::signer::state::MemoryStateStore;
+use flotilla_host::signer_client::link::SignerLink;
+use flotilla_host::{Host, HostConfig, Node};
+use flotilla_proto::{Handler, Handover, Request, Response, SignerError};
+use flotilla_regtest::wait_until;
+use flotilla_regtest::Regtest;
+use flotilla_signer::seed_signer::SeedSigner;
 
 /// The signer of seed `[seed; 32]`: default policy, state in memory.
 pub fn seed_signer(seed: u8) -> SeedSigner {
-    let state = Box::new(MemoryStateStore::new());
-    SeedSigner::new(&[seed; 32], Network::Regtest, Policy::default(), state).expect("signer")
+    SeedSigner::in_memory(&[seed; 32], Network::Regtest).expect("signer")
 }
 
 /// Sends `sat` to `node`'s wallet, mines it, and waits until the wallet has exactly that.
@@ -58,6 +55,27 @@ pub async fn open_usable(chain: &Regtest, payer: &Node, payee: &Node, sat: u64) 
     })
     .await
     .expect("channel usable");
+}
+
+/// Waits (up to a minute) until btcd's mempool holds a transaction: a close is broadcast
+/// when the node gets to it, which on a loaded machine can be seconds after the test asked.
+pub async fn wait_for_mempool(chain: &Regtest) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool: Vec<bitcoin::Txid> = chain
+            .rpc()
+            .call("getrawmempool", serde_json::json!([]))
+            .await
+            .expect("getrawmempool");
+        if !pool.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing reached the mempool in a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Mines a block at a time, at most `blocks`, until `done` holds, giving the nodes a second

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::cli::demo::wait_until;
-use flotilla_core::host::{Host, HostConfig, HostError, Node, PaymentOutcome};
-use flotilla_core::regtest::Regtest;
-use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::protocol::{Request, Response, SignerError};
-use flotilla_core::store::StoreError;
+use flotilla_host::signer_client::link::SignerLink;
+use flotilla_host::store::StoreError;
+use flotilla_host::{Host, HostConfig, HostError, Node, PaymentOutcome};
+use flotilla_proto::{Request, Response, SignerError};
+use flotilla_regtest::wait_until;
+use flotilla_regtest::Regtest;
 use flotilla_tests::fresh_chain;
 use flotilla_tests::in_process::{
     fund, intercepted, open_usable, outbound_msat, Intercept, Intercepted,
@@ -36,6 +36,8 @@ struct CountsRevocations {
     attached: AtomicU64,
     holders_attached: AtomicU64,
     standalone: AtomicU64,
+    /// Validations of a channel's first holder commitment, which its funding waits for.
+    first_commitments: AtomicU64,
 }
 
 impl Intercept for CountsRevocations {
@@ -48,6 +50,13 @@ impl Intercept for CountsRevocations {
             Request::ReleaseCommitmentSecret {
                 holder: Some(_), ..
             } => self.holders_attached.fetch_add(1, Ordering::Relaxed),
+            // The funding of a channel we open is signed only after the peer's signature of
+            // our first commitment is validated: that one is asked on its own, by design.
+            Request::ValidateHolderCommitment { holder, .. }
+                if holder.tx.commitment_number() == FIRST_COMMITMENT =>
+            {
+                self.first_commitments.fetch_add(1, Ordering::Relaxed)
+            }
             Request::ValidateCounterpartyRevocation { .. }
             | Request::ValidateHolderCommitment { .. } => {
                 self.standalone.fetch_add(1, Ordering::Relaxed)
@@ -57,6 +66,9 @@ impl Intercept for CountsRevocations {
         None
     }
 }
+
+/// LDK's first commitment number (they count down).
+const FIRST_COMMITMENT: u64 = (1 << 48) - 1;
 
 type Signer = Arc<Intercepted<CountsRevocations>>;
 
@@ -170,6 +182,11 @@ async fn revocations_reach_the_signer_with_the_next_commitment_across_a_host_res
         count(|s| &s.standalone),
         0,
         "no revocation or holder commitment sent on its own"
+    );
+    assert_eq!(
+        count(|s| &s.first_commitments),
+        1,
+        "the one funded channel's first commitment, validated before its funding was signed"
     );
     // Every payment moved the balance once (no fees on a direct channel).
     let paid = 2 * PAYMENTS_EACH_SIDE_OF_RESTART * PAYMENT_MSAT;

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
-use flotilla_core::host::{Host, HostConfig, HostError, PaymentOutcome};
-use flotilla_core::signer::link::SignerLink;
-use flotilla_core::signer::protocol::{Request, Response, SignerError};
+use flotilla_host::signer_client::link::SignerLink;
+use flotilla_host::{Host, HostConfig, HostError, PaymentOutcome};
+use flotilla_proto::{Request, Response, SignerError};
 use flotilla_tests::fresh_chain;
 use flotilla_tests::in_process::{
     events, intercepted, outbound_msat, seed_signer, Intercept, Intercepted, Pair,

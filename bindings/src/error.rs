@@ -1,11 +1,11 @@
 //! The one error type every exported call raises: `FlotillaException` in Kotlin, `FlotillaError`
 //! in Python and Swift, with one subclass (or case) per kind of bad input.
 
-use flotilla_core::signer::config::ConfigError;
-use flotilla_core::signer::dial::DialError;
-use flotilla_core::signer::embedded::EmbedError;
-use flotilla_core::signer::seed::SeedError;
-use flotilla_core::signer::service::SetupError;
+use flotilla_signer::config::ConfigError;
+use flotilla_signer::dial::DialError;
+use flotilla_signer::embedded::EmbedError;
+use flotilla_signer::seed::SeedError;
+use flotilla_signer::seed_signer::{MarketError, SetupError};
 
 /// Flat: foreign code sees the variant and the Rust message, nothing it would have to keep in
 /// step with core's richer error types.
@@ -30,6 +30,15 @@ pub enum FlotillaError {
     /// The signer could not start (its thread or its keys).
     #[error("{0}")]
     StartFailed(String),
+    /// A market feerate that is not a number, or outside what any market has seen.
+    #[error("{0}")]
+    InvalidFeerate(String),
+}
+
+impl From<MarketError> for FlotillaError {
+    fn from(e: MarketError) -> Self {
+        FlotillaError::InvalidFeerate(e.to_string())
+    }
 }
 
 impl From<SeedError> for FlotillaError {

@@ -1,6 +1,6 @@
 //! UniFFI bindings for Flotilla, loaded from Kotlin, Python and Swift.
 //!
-//! Thin wrappers only: each item converts foreign types and errors to and from `flotilla_core`,
+//! Thin wrappers only: each item converts foreign types and errors to and from `flotilla_signer`,
 //! where every rule lives. UniFFI catches any Rust panic at the boundary and raises it in the
 //! foreign language (so the release profile must keep `panic = "unwind"`).
 

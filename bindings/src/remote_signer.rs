@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bitcoin::hex::DisplayHex;
-use flotilla_core::signer::embedded::EmbeddedSigner;
-use flotilla_core::signer::policy::{ApprovalHook, PaymentApproval};
+use flotilla_signer::embedded::EmbeddedSigner;
+use flotilla_signer::policy::{ApprovalHook, PaymentApproval};
 
 use crate::signer::SignerConfig;
 use crate::FlotillaError;
@@ -103,6 +103,10 @@ pub struct SignerStatus {
     /// Connections that failed otherwise (host down, TLS).
     pub failures: u64,
     pub last_error: Option<String>,
+    /// The host has seen a newer state of this node than this signer holds (a restored
+    /// backup, a second copy of the seed): it refuses this signer, which stops serving the
+    /// node. Run the signer that holds the newest state.
+    pub stale_state: bool,
 }
 
 /// The node's signer, running on a thread of its own until `stop` (or until it is freed).
@@ -133,6 +137,20 @@ impl RemoteSigner {
         Ok(Arc::new(RemoteSigner(signer)))
     }
 
+    /// The market feerate in sat/vB, from the app's own source (a fee API it trusts, never
+    /// the host): for an hour, every fee cap scales with it above 10 sat/vB, so a fee spike
+    /// does not leave the wallet unable to close or sweep. Raises `InvalidFeerate` outside
+    /// 1.012 to 4,000 sat/vB.
+    pub fn report_market_feerate(&self, sat_per_vbyte: f64) -> Result<(), FlotillaError> {
+        let per_kw = sat_per_vbyte * 250.0;
+        if !per_kw.is_finite() || !(0.0..=f64::from(u32::MAX)).contains(&per_kw) {
+            return Err(FlotillaError::InvalidFeerate(format!(
+                "market feerate {sat_per_vbyte} sat/vB is not a feerate"
+            )));
+        }
+        Ok(self.0.report_market_feerate(per_kw.round() as u32)?)
+    }
+
     /// Stops answering; the host parks the node until a signer attaches again. Idempotent.
     pub fn stop(&self) {
         self.0.stop();
@@ -147,6 +165,7 @@ impl RemoteSigner {
             refusals: stats.refusals(),
             failures: stats.failures(),
             last_error: stats.last_error(),
+            stale_state: stats.stale() > 0,
         }
     }
 }

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use flotilla_core::signer::config::{self as core_config, LimitField};
-use flotilla_core::signer::seed;
+use flotilla_signer::config::{self as core_config, LimitField};
+use flotilla_signer::seed;
 
 use crate::FlotillaError;
 
@@ -14,19 +14,32 @@ pub fn node_id_from_seed(seed: Vec<u8>) -> Result<String, FlotillaError> {
 }
 
 /// Spending limits the signer enforces; `null`/`None`/`nil` means no limit of that kind.
-/// Signed integers because Kotlin and Python have no natural unsigned 64-bit type; the
-/// SignerConfig constructor refuses negative values.
-#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+/// The defaults are those of a phone wallet (0.01 BTC a payment, 0.05 BTC an hour, 20,000 sat
+/// of fee): an app that forgets to set limits still has some, and raises them, or passes
+/// `null` for none, on purpose. Signed integers because Kotlin and Python have no natural
+/// unsigned 64-bit type; the SignerConfig constructor refuses negative values.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct PolicyLimits {
     /// Largest single outgoing payment, in millisatoshis.
-    #[uniffi(default = None)]
+    #[uniffi(default = Some(1_000_000_000))]
     pub max_payment_msat: Option<i64>,
     /// Velocity limit: total outgoing payments over any one hour, in millisatoshis.
-    #[uniffi(default = None)]
+    #[uniffi(default = Some(5_000_000_000))]
     pub max_outgoing_msat_per_hour: Option<i64>,
     /// Largest on-chain fee the signer signs for, in satoshis.
-    #[uniffi(default = None)]
+    #[uniffi(default = Some(20_000))]
     pub max_fee_sat: Option<i64>,
+}
+
+impl Default for PolicyLimits {
+    /// The same defaults the foreign languages get.
+    fn default() -> Self {
+        PolicyLimits {
+            max_payment_msat: Some(1_000_000_000),
+            max_outgoing_msat_per_hour: Some(5_000_000_000),
+            max_fee_sat: Some(20_000),
+        }
+    }
 }
 
 impl TryFrom<PolicyLimits> for core_config::PolicyLimits {

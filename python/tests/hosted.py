@@ -18,7 +18,7 @@ def flotilla_bin() -> Path:
     """The `flotilla` binary: $FLOTILLA_BIN (scripts/bindings.sh sets it), else the release build."""
     path = Path(os.environ.get("FLOTILLA_BIN", ROOT / "target" / "release" / "flotilla"))
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: cargo build --release -p flotilla-core")
+        raise FileNotFoundError(f"{path} is missing: cargo build --release -p flotilla")
     return path
 
 

@@ -161,6 +161,17 @@ def test_stop_is_idempotent(tmp_path, hosted):
     assert not signer.status().running
 
 
+def test_market_feerate_reports_are_checked(tmp_path, hosted):
+    host = hosted.host
+    config = SignerConfig(hashlib.sha256(b"market").digest(), host.hub_url, PolicyLimits())
+    signer = RemoteSigner.start(config, Network.REGTEST, host.ca_pem, str(tmp_path), None)
+    signer.report_market_feerate(45.5)
+    for bad in (float("nan"), -1.0, 0.5, 1e7):
+        with pytest.raises(FlotillaError.InvalidFeerate):
+            signer.report_market_feerate(bad)
+    signer.stop()
+
+
 def test_fee_cap_refuses_the_funding_and_the_host_abandons_the_channel(hosted):
     host, chain = hosted.host, hosted.chain
     chain.fund(host.call("address", node="capped"), FUND_SAT)

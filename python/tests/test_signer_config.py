@@ -20,10 +20,16 @@ def test_valid_config(vectors):
     assert cfg.limits() == limits
 
 
-def test_limits_default_to_none():
+def test_limits_default_to_a_phone_wallets_and_none_lifts_them():
     limits = PolicyLimits()
-    assert (limits.max_payment_msat, limits.max_outgoing_msat_per_hour, limits.max_fee_sat) == (None, None, None)
+    assert (limits.max_payment_msat, limits.max_outgoing_msat_per_hour, limits.max_fee_sat) == (
+        1_000_000_000,
+        5_000_000_000,
+        20_000,
+    )
     assert SignerConfig(SEED, URL, limits).limits() == limits
+    unlimited = PolicyLimits(max_payment_msat=None, max_outgoing_msat_per_hour=None, max_fee_sat=None)
+    assert SignerConfig(SEED, URL, unlimited).limits().max_payment_msat is None
 
 
 def test_bad_seed():

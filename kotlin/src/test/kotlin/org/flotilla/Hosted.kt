@@ -11,7 +11,7 @@ import kotlin.concurrent.thread
 /** The `flotilla` binary: -Dflotilla.bin (scripts/bindings.sh passes it). */
 fun flotillaBin(): File {
     val bin = File(System.getProperty("flotilla.bin") ?: "../target/release/flotilla")
-    check(bin.canExecute()) { "$bin is missing: cargo build --release -p flotilla-core" }
+    check(bin.canExecute()) { "$bin is missing: cargo build --release -p flotilla" }
     return bin
 }
 

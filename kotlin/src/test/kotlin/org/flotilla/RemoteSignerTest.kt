@@ -156,6 +156,19 @@ class RemoteSignerTest {
         }
     }
 
+    @Test
+    fun marketFeerateReportsAreChecked(@TempDir state: File) {
+        SignerConfig(sha256("market".toByteArray()), host.hubUrl, PolicyLimits()).use { config ->
+            RemoteSigner.start(config, Network.REGTEST, host.caPem, state.path, null).use { signer ->
+                signer.reportMarketFeerate(45.5)
+                for (bad in listOf(Double.NaN, -1.0, 0.5, 1e7)) {
+                    assertThrows<FlotillaException.InvalidFeerate> { signer.reportMarketFeerate(bad) }
+                }
+                signer.stop()
+            }
+        }
+    }
+
     private companion object {
         fun sha256(data: ByteArray): ByteArray = MessageDigest.getInstance("SHA-256").digest(data)
         fun hex(bytes: ByteArray): String = bytes.joinToString("") { "%02x".format(it) }

@@ -22,10 +22,14 @@ class SignerConfigTest {
     }
 
     @Test
-    fun limitsDefaultToNone() {
+    fun limitsDefaultToAPhoneWalletsAndNullMeansNone() {
         val limits = PolicyLimits()
-        assertNull(limits.maxPaymentMsat)
+        assertEquals(1_000_000_000L, limits.maxPaymentMsat)
+        assertEquals(5_000_000_000L, limits.maxOutgoingMsatPerHour)
+        assertEquals(20_000L, limits.maxFeeSat)
         SignerConfig(seed, url, limits).use { assertEquals(limits, it.limits()) }
+        val none = PolicyLimits(maxPaymentMsat = null, maxOutgoingMsatPerHour = null, maxFeeSat = null)
+        SignerConfig(seed, url, none).use { assertNull(it.limits().maxPaymentMsat) }
     }
 
     @Test

@@ -1,0 +1,410 @@
+//! What a user of a hosted node asks of it: addresses, channels, invoices, payments.
+
+use std::time::Duration;
+
+use bitcoin::hashes::Hash;
+use bitcoin::hex::FromHex;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::Address;
+use flotilla_proto::Request;
+use lightning::ln::channel_state::ChannelDetails;
+use lightning::ln::channelmanager::{
+    Bolt11InvoiceParameters, PaymentId, RecentPaymentDetails, Retry,
+};
+use lightning::ln::types::ChannelId;
+use lightning::routing::router::RouteParametersConfig;
+use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Currency, Description};
+use tokio::sync::oneshot;
+
+use crate::error::HostError;
+use crate::events::payment_update;
+use crate::node::{now, Node, PaymentOutcome};
+use crate::signer_client::link::SYNC_DEADLINE;
+use crate::store::{Direction, PaymentRow, PaymentStatus};
+
+/// How long a cooperative close waits for its channel to be between updates.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// How often it asks again meanwhile.
+const CLOSE_RETRY: Duration = Duration::from_millis(20);
+
+/// What became of an earlier payment of the same invoice.
+enum Earlier {
+    /// It succeeded: the same outcome again.
+    Ended(PaymentOutcome),
+    /// Still under way: its outcome arrives here.
+    InFlight(oneshot::Receiver<PaymentOutcome>),
+    /// Never made, or failed: a new attempt may go.
+    None,
+}
+
+/// On-chain balance of a node's wallet, in satoshis.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WalletBalance {
+    pub confirmed_sat: u64,
+    pub pending_sat: u64,
+    pub immature_sat: u64,
+}
+
+impl Node {
+    pub fn new_address(&self) -> Result<Address, HostError> {
+        self.check_running()?;
+        Ok(self.wallet.new_address()?)
+    }
+
+    pub fn wallet_balance(&self) -> WalletBalance {
+        let b = self.wallet.balance();
+        WalletBalance {
+            confirmed_sat: b.confirmed.to_sat(),
+            pending_sat: (b.trusted_pending + b.untrusted_pending).to_sat(),
+            immature_sat: b.immature.to_sat(),
+        }
+    }
+
+    /// Opens a private channel of `amount_sat` to a connected peer; funding happens when LDK
+    /// asks for it (FundingGenerationReady), from this node's wallet.
+    pub fn open_channel(
+        &self,
+        peer: PublicKey,
+        amount_sat: u64,
+        push_msat: u64,
+    ) -> Result<ChannelId, HostError> {
+        self.check_running()?;
+        if amount_sat == 0 || push_msat > amount_sat.saturating_mul(1000) {
+            return Err(HostError::InvalidInput(format!(
+                "channel of {amount_sat} sat pushing {push_msat} msat"
+            )));
+        }
+        if !self.is_connected(&peer) {
+            return Err(HostError::InvalidInput(format!(
+                "peer {peer} is not connected"
+            )));
+        }
+        // The signer approves the open for the key set the channel will use, and signs for
+        // no channel it did not approve.
+        let user_channel_id = self.fresh_user_channel_id();
+        let keys_id = self.keys.reserve_channel_keys(user_channel_id)?;
+        let created = self
+            .link
+            .call_blocking(
+                Request::ApproveChannelOpen {
+                    peer,
+                    value_sat: amount_sat,
+                    push_msat,
+                    keys_id,
+                    outbound: true,
+                },
+                SYNC_DEADLINE,
+            )
+            .map_err(HostError::from)
+            .and_then(|_| {
+                Ok(self.channel_manager.create_channel(
+                    peer,
+                    amount_sat,
+                    push_msat,
+                    user_channel_id,
+                    None,
+                    None,
+                )?)
+            });
+        if created.is_err() {
+            self.keys.release_channel_keys(user_channel_id);
+        }
+        created
+    }
+
+    pub fn channels(&self) -> Vec<ChannelDetails> {
+        self.channel_manager.list_channels()
+    }
+
+    /// Cooperative close. LDK refuses to begin one while the channel waits for its monitor's
+    /// save, holds an HTLC not yet committed or is quiescent: moments on a busy channel (here
+    /// every update waits for its save, and its signature for the signer), so while the
+    /// channel stays live the close is asked again until it begins or `CLOSE_WAIT` passes.
+    /// A channel not live (peer away, already closing, unknown) fails at once.
+    pub async fn close_channel(
+        &self,
+        channel_id: &ChannelId,
+        peer: &PublicKey,
+    ) -> Result<(), HostError> {
+        self.check_running()?;
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        loop {
+            match self.channel_manager.close_channel(channel_id, peer) {
+                Err(_)
+                    if self.is_live(channel_id, peer) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(CLOSE_RETRY).await
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Ready, not closing, peer connected.
+    fn is_live(&self, channel_id: &ChannelId, peer: &PublicKey) -> bool {
+        self.channel_manager
+            .list_channels_with_counterparty(peer)
+            .iter()
+            .any(|c| c.channel_id == *channel_id && c.is_usable)
+    }
+
+    /// Unilateral close: broadcasts our latest commitment.
+    pub fn force_close_channel(
+        &self,
+        channel_id: &ChannelId,
+        peer: &PublicKey,
+    ) -> Result<(), HostError> {
+        self.check_running()?;
+        Ok(self.channel_manager.force_close_broadcasting_latest_txn(
+            channel_id,
+            peer,
+            "closed by the node's operator".into(),
+        )?)
+    }
+
+    /// A BOLT11 invoice for `amount_msat`; its payment is claimed automatically.
+    pub fn create_invoice(
+        &self,
+        amount_msat: u64,
+        description: &str,
+        expiry_secs: u32,
+    ) -> Result<Bolt11Invoice, HostError> {
+        self.check_running()?;
+        self.new_invoice(
+            Bolt11InvoiceParameters {
+                amount_msats: Some(amount_msat),
+                invoice_expiry_delta_secs: Some(expiry_secs),
+                ..Default::default()
+            },
+            description,
+        )
+    }
+
+    /// Makes an invoice of `params` (its description set here) and records it as a pending
+    /// inbound payment.
+    pub(crate) fn new_invoice(
+        &self,
+        params: Bolt11InvoiceParameters,
+        description: &str,
+    ) -> Result<Bolt11Invoice, HostError> {
+        let description = Description::new(description.to_string())
+            .map_err(|e| HostError::InvalidInput(format!("description: {e}")))?;
+        let params = Bolt11InvoiceParameters {
+            description: Bolt11InvoiceDescription::Direct(description),
+            ..params
+        };
+        let amount_msat = params.amount_msats;
+        let invoice = self
+            .channel_manager
+            .create_bolt11_invoice(params)
+            .map_err(|e| HostError::Lightning(format!("invoice: {e:?}")))?;
+        self.store().upsert_payment(&PaymentRow {
+            amount_msat,
+            bolt11: Some(invoice.to_string()),
+            ..payment_update(
+                &self.id.to_string(),
+                &invoice.payment_hash().to_string(),
+                Direction::Inbound,
+                PaymentStatus::Pending,
+            )
+        })?;
+        Ok(invoice)
+    }
+
+    /// Pays a BOLT11 invoice and waits for the outcome (bounded by `timeout`).
+    pub async fn pay_invoice(
+        &self,
+        invoice: &str,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, HostError> {
+        self.check_running()?;
+        let invoice: Bolt11Invoice = invoice
+            .trim()
+            .parse()
+            .map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
+        let rx = {
+            let _turn = self
+                .starting
+                .turn(invoice.payment_hash().to_byte_array())
+                .await;
+            match self.earlier_payment(&invoice)? {
+                Earlier::Ended(outcome) => return Ok(outcome),
+                Earlier::InFlight(rx) => rx,
+                Earlier::None => self.start_payment(&invoice).await?,
+            }
+        };
+        outcome(&invoice, timeout, rx).await
+    }
+
+    /// Has the signer approve the payment of `invoice`, then hands it to LDK; the outcome
+    /// arrives on the receiver.
+    async fn start_payment(
+        &self,
+        invoice: &Bolt11Invoice,
+    ) -> Result<oneshot::Receiver<PaymentOutcome>, HostError> {
+        self.check_payable(invoice)?;
+        let hash = invoice.payment_hash().to_byte_array();
+        // The signer's policy (limits, approval hook) decides before any HTLC exists, so a
+        // refusal leaves nothing to unwind.
+        self.link
+            .call(Request::ApprovePayment {
+                payment_hash: hash,
+                amount_msat: invoice.amount_milli_satoshis().unwrap_or(0),
+                destination: invoice.get_payee_pub_key(),
+            })
+            .await?;
+        let rx = self.wait_for_payment(hash);
+        let pending = PaymentRow {
+            amount_msat: invoice.amount_milli_satoshis(),
+            bolt11: Some(invoice.to_string()),
+            ..payment_update(
+                &self.id.to_string(),
+                &invoice.payment_hash().to_string(),
+                Direction::Outbound,
+                PaymentStatus::Pending,
+            )
+        };
+        self.store().upsert_payment(&pending)?;
+        if let Err(e) = self.channel_manager.pay_for_bolt11_invoice(
+            invoice,
+            PaymentId(hash),
+            None,
+            RouteParametersConfig::default(),
+            Retry::Attempts(3),
+        ) {
+            // No other caller waits on this hash: starts take turns, and an earlier
+            // payment LDK still knew would have been found in flight.
+            self.payment_waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
+            let reason = format!("{e:?}");
+            self.store().upsert_payment(&PaymentRow {
+                status: PaymentStatus::Failed,
+                failure_reason: Some(reason.clone()),
+                ..pending
+            })?;
+            return Err(HostError::PaymentFailed(reason));
+        }
+        Ok(rx)
+    }
+
+    /// Refuses, before the signer (and its user) is asked, an invoice no payment could
+    /// settle: another chain's, one without an amount, an expired one, this node's own.
+    fn check_payable(&self, invoice: &Bolt11Invoice) -> Result<(), HostError> {
+        let network = self.wallet.network();
+        let problem = if invoice.currency() != Currency::from(network) {
+            format!(
+                "the invoice is for another chain ({:?}), this node is on {network}",
+                invoice.currency()
+            )
+        } else if invoice.amount_milli_satoshis().is_none() {
+            "the invoice names no amount".to_owned()
+        } else if invoice.would_expire(now()) {
+            "the invoice has expired".to_owned()
+        } else if invoice.get_payee_pub_key() == self.id {
+            "the invoice is this node's own".to_owned()
+        } else {
+            return Ok(());
+        };
+        Err(HostError::InvalidInput(problem))
+    }
+
+    /// An invoice is paid once. Asked again, the node answers with the first payment's
+    /// outcome (a client retrying after a timeout must not pay twice: LDK refuses a repeated
+    /// payment id only for a few minutes, after which it would pay again, and the payee would
+    /// take it), or with its outcome once it ends while it is in flight.
+    fn earlier_payment(&self, invoice: &Bolt11Invoice) -> Result<Earlier, HostError> {
+        let hash = invoice.payment_hash().to_byte_array();
+        let row = || {
+            self.store().payment(
+                &self.id.to_string(),
+                &invoice.payment_hash().to_string(),
+                Direction::Outbound,
+            )
+        };
+        let pending = |r: &Option<PaymentRow>| {
+            r.as_ref()
+                .is_some_and(|r| r.status == PaymentStatus::Pending)
+        };
+        let mut stored = row()?;
+        if pending(&stored) {
+            // In flight if LDK knows it; a pending row LDK forgot (a crash before the first
+            // save) is no payment at all.
+            let known = self.channel_manager.list_recent_payments().iter().any(|p| {
+                matches!(p,
+                    RecentPaymentDetails::Pending { payment_id, .. }
+                    | RecentPaymentDetails::Fulfilled { payment_id, .. }
+                    if payment_id.0 == hash)
+            });
+            if !known {
+                return Ok(Earlier::None);
+            }
+            let rx = self.wait_for_payment(hash);
+            // Read again: it may have resolved before the wait was registered.
+            stored = row()?;
+            if pending(&stored) {
+                return Ok(Earlier::InFlight(rx));
+            }
+        }
+        match stored {
+            Some(PaymentRow {
+                status: PaymentStatus::Succeeded,
+                preimage: Some(preimage),
+                fee_msat,
+                ..
+            }) => {
+                let preimage = <[u8; 32]>::from_hex(&preimage)
+                    .map_err(|e| HostError::Corrupt(format!("stored preimage: {e}")))?;
+                Ok(Earlier::Ended(PaymentOutcome::Succeeded {
+                    preimage,
+                    fee_msat,
+                }))
+            }
+            _ => Ok(Earlier::None),
+        }
+    }
+
+    /// Registers for the outcome of the outbound payment of `hash`.
+    fn wait_for_payment(&self, hash: [u8; 32]) -> oneshot::Receiver<PaymentOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.payment_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash)
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Channels whose monitor still watches the chain: open ones, and closed ones until they
+    /// are resolved and archived.
+    pub fn watched_channels(&self) -> usize {
+        self.chain_monitor.list_monitors().len()
+    }
+
+    /// Balances LDK can claim on-chain from channels (closing or closed), in satoshis.
+    pub fn claimable_on_chain_sat(&self) -> u64 {
+        self.chain_monitor
+            .get_claimable_balances(&[])
+            .iter()
+            .map(|b| b.claimable_amount_satoshis())
+            .sum()
+    }
+}
+
+/// Waits up to `timeout` for a payment's outcome.
+async fn outcome(
+    invoice: &Bolt11Invoice,
+    timeout: Duration,
+    rx: oneshot::Receiver<PaymentOutcome>,
+) -> Result<PaymentOutcome, HostError> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(_)) => Err(HostError::PaymentFailed("node stopped".into())),
+        Err(_) => Err(HostError::Timeout(format!(
+            "payment {}",
+            invoice.payment_hash()
+        ))),
+    }
+}

@@ -1,0 +1,19 @@
+//! The signer protocol: what a Flotilla host asks of a node's signer and what the signer
+//! answers, as Rust values ([`Request`], [`Response`], [`SignerError`], [`Handover`]) and on the
+//! wire ([`wire`], gRPC over `signer.proto`). Both sides depend on this crate and on nothing of
+//! each other.
+
+mod challenge;
+mod handler;
+mod handover;
+mod request;
+mod response;
+#[doc(hidden)]
+pub mod samples;
+pub mod wire;
+
+pub use challenge::{challenge_digest, CHALLENGE_TAG};
+pub use handler::Handler;
+pub use handover::{ChannelKeySet, Handover};
+pub use request::{ClosingParts, HolderCommitment, KeysId, Request, Revocation};
+pub use response::{Response, SignerError};

@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    flotilla_core::bench::main()
-}
