@@ -85,7 +85,7 @@ impl Intercept for CountsJustice {
 
 async fn pay(payer: &Node, payee: &Node, sat: u64) {
     let invoice = payee
-        .create_invoice(sat * 1_000, "breach", 600)
+        .create_invoice(Some(sat * 1_000), "breach", 600)
         .expect("invoice")
         .to_string();
     match payer.pay_invoice(&invoice, Duration::from_secs(60)).await {

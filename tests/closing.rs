@@ -119,7 +119,7 @@ async fn a_close_asked_mid_payment_begins_and_the_payment_resolves() {
     let left_in_wallet = payer.wallet_balance().confirmed_sat;
 
     let invoice = payee
-        .create_invoice(PAYMENT_MSAT, "before the close", 600)
+        .create_invoice(Some(PAYMENT_MSAT), "before the close", 600)
         .expect("invoice");
     let hash = invoice.payment_hash().to_byte_array();
     let invoice = invoice.to_string();
@@ -183,7 +183,7 @@ async fn a_refused_closing_signature_is_recorded_and_the_channel_still_closes() 
     .await;
     let (chain, host, payer, payee) = (&pair.chain, &pair.host, &pair.payer, &pair.payee);
     let invoice = payee
-        .create_invoice(PAYMENT_MSAT, "then close", 600)
+        .create_invoice(Some(PAYMENT_MSAT), "then close", 600)
         .expect("invoice")
         .to_string();
     match payer.pay_invoice(&invoice, Duration::from_secs(60)).await {
@@ -307,7 +307,7 @@ async fn an_htlc_in_flight_at_a_force_close_is_claimed_on_chain_with_its_preimag
     // settle the HTLC with the payer is never signed: the payment stays in flight.
     payee_signer.test.armed.store(true, Ordering::SeqCst);
     let invoice = payee
-        .create_invoice(PAYMENT_MSAT, "settled on chain", 3600)
+        .create_invoice(Some(PAYMENT_MSAT), "settled on chain", 3600)
         .expect("invoice");
     let hash = invoice.payment_hash().to_byte_array();
     let paying = {

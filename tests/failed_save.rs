@@ -31,7 +31,7 @@ async fn a_node_whose_save_fails_stops_and_says_why() {
     .expect("trigger");
 
     let invoice = payee
-        .create_invoice(5_000_000, "unsaved", 600)
+        .create_invoice(Some(5_000_000), "unsaved", 600)
         .expect("invoice")
         .to_string();
     let _ = tokio::time::timeout(
@@ -53,7 +53,7 @@ async fn a_node_whose_save_fails_stops_and_says_why() {
     let reason = halted.expect("the payer halted");
     assert!(reason.contains("disk full (test)"), "{reason}");
     assert!(matches!(
-        payer.create_invoice(1_000, "after", 600),
+        payer.create_invoice(Some(1_000), "after", 600),
         Err(HostError::Halted { .. })
     ));
     // Its peer is dropped and stays dropped (the host's reconnect loop runs every 2 s).
@@ -69,7 +69,7 @@ async fn a_node_whose_save_fails_stops_and_says_why() {
     let row = payer.store().node(&payer_id).expect("store").expect("row");
     assert_eq!(row.status, "halted");
     // The payee runs on.
-    assert!(payee.create_invoice(1_000, "still here", 600).is_ok());
+    assert!(payee.create_invoice(Some(1_000), "still here", 600).is_ok());
     db.execute_batch("DROP TRIGGER full_disk;")
         .expect("drop trigger");
     pair.stop().await;

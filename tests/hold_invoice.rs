@@ -99,7 +99,7 @@ async fn a_held_payment_waits_for_its_user_to_settle_or_cancel_it() {
     assert!(
         matches!(
             payee.settle_held_payment([9; 32]),
-            Err(HostError::InvalidInput(_))
+            Err(HostError::NotFound(_))
         ),
         "a preimage of no held payment is refused"
     );
@@ -153,7 +153,7 @@ async fn a_held_payment_waits_for_its_user_to_settle_or_cancel_it() {
     assert_eq!(events(host, payee, "payment_cancelled").len(), 2);
     assert!(matches!(
         payee.cancel_hold_invoice(hash_of([11; 32])),
-        Err(HostError::InvalidInput(_))
+        Err(HostError::NotFound(_))
     ));
     assert!(matches!(
         payee.create_hold_invoice(PAYMENT_MSAT, [12; 32], "short", 600, 10),

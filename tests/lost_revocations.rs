@@ -107,7 +107,7 @@ async fn usable(payer: &Node, payee: &Node, what: &str) {
 
 async fn pay(payer: &Node, payee: &Node, n: u64) {
     let invoice = payee
-        .create_invoice(PAYMENT_MSAT, &format!("payment {n}"), 600)
+        .create_invoice(Some(PAYMENT_MSAT), &format!("payment {n}"), 600)
         .expect("invoice");
     let outcome = payer
         .pay_invoice(&invoice.to_string(), Duration::from_secs(60))

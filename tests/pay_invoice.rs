@@ -61,7 +61,7 @@ async fn an_invoice_paid_twice_at_once_is_paid_once() {
     let before = outbound_msat(payer);
 
     let invoice = payee
-        .create_invoice(PAYMENT_MSAT, "once", 600)
+        .create_invoice(Some(PAYMENT_MSAT), "once", 600)
         .expect("invoice")
         .to_string();
     // Two tasks, so both calls run at once on the runtime's two workers.
@@ -134,7 +134,7 @@ async fn an_invoice_no_payment_could_settle_is_refused_before_the_signer_is_aske
         ),
         (
             payer
-                .create_invoice(PAYMENT_MSAT, "to myself", 600)
+                .create_invoice(Some(PAYMENT_MSAT), "to myself", 600)
                 .expect("invoice")
                 .to_string(),
             "own",

@@ -28,6 +28,9 @@ pub enum HostError {
     AlreadyRunning(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Nothing of this node by that id (an invoice, a payment, a channel).
+    #[error("not found: {0}")]
+    NotFound(String),
     #[error("cannot connect to peer {peer} at {addr}")]
     PeerUnreachable { peer: String, addr: String },
     #[error("lightning: {0}")]

@@ -143,7 +143,7 @@ impl Node {
     fn status(&self, hash: &str) -> Result<PaymentStatus, HostError> {
         self.inbound(hash)?
             .map(|row| row.status)
-            .ok_or_else(|| HostError::InvalidInput(format!("no invoice for {hash}")))
+            .ok_or_else(|| HostError::NotFound(format!("no invoice for payment hash {hash}")))
     }
 
     fn inbound(&self, hash: &str) -> Result<Option<PaymentRow>, HostError> {

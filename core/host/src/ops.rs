@@ -27,14 +27,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(30);
 /// How often it asks again meanwhile.
 const CLOSE_RETRY: Duration = Duration::from_millis(20);
 
-/// What became of an earlier payment of the same invoice.
-enum Earlier {
+/// Where a payment of an invoice stands.
+enum Progress {
     /// It succeeded: the same outcome again.
     Ended(PaymentOutcome),
     /// Still under way: its outcome arrives here.
     InFlight(oneshot::Receiver<PaymentOutcome>),
-    /// Never made, or failed: a new attempt may go.
-    None,
 }
 
 /// On-chain balance of a node's wallet, in satoshis.
@@ -162,17 +160,18 @@ impl Node {
         )?)
     }
 
-    /// A BOLT11 invoice for `amount_msat`; its payment is claimed automatically.
+    /// A BOLT11 invoice for `amount_msat` (any amount the payer chooses if `None`); its
+    /// payment is claimed automatically.
     pub fn create_invoice(
         &self,
-        amount_msat: u64,
+        amount_msat: Option<u64>,
         description: &str,
         expiry_secs: u32,
     ) -> Result<Bolt11Invoice, HostError> {
         self.check_running()?;
         self.new_invoice(
             Bolt11InvoiceParameters {
-                amount_msats: Some(amount_msat),
+                amount_msats: amount_msat,
                 invoice_expiry_delta_secs: Some(expiry_secs),
                 ..Default::default()
             },
@@ -217,23 +216,36 @@ impl Node {
         invoice: &str,
         timeout: Duration,
     ) -> Result<PaymentOutcome, HostError> {
+        let payment = self.start_invoice_payment(invoice, None).await?;
+        let hash = payment.payment_hash;
+        payment
+            .outcome(timeout)
+            .await?
+            .ok_or_else(|| HostError::Timeout(format!("payment {}", crate::events::hex(&hash))))
+    }
+
+    /// Starts paying a BOLT11 invoice (routing fees up to `max_fee_msat`, else LDK's
+    /// default), or finds the earlier payment of the same invoice: an invoice is paid once.
+    pub async fn start_invoice_payment(
+        &self,
+        invoice: &str,
+        max_fee_msat: Option<u64>,
+    ) -> Result<StartedPayment, HostError> {
         self.check_running()?;
         let invoice: Bolt11Invoice = invoice
             .trim()
             .parse()
             .map_err(|e| HostError::InvalidInput(format!("invoice: {e}")))?;
-        let rx = {
-            let _turn = self
-                .starting
-                .turn(invoice.payment_hash().to_byte_array())
-                .await;
-            match self.earlier_payment(&invoice)? {
-                Earlier::Ended(outcome) => return Ok(outcome),
-                Earlier::InFlight(rx) => rx,
-                Earlier::None => self.start_payment(&invoice).await?,
-            }
+        let payment_hash = invoice.payment_hash().to_byte_array();
+        let _turn = self.starting.turn(payment_hash).await;
+        let progress = match self.earlier_payment(&invoice)? {
+            Some(earlier) => earlier,
+            None => Progress::InFlight(self.start_payment(&invoice, max_fee_msat).await?),
         };
-        outcome(&invoice, timeout, rx).await
+        Ok(StartedPayment {
+            payment_hash,
+            progress,
+        })
     }
 
     /// Has the signer approve the payment of `invoice`, then hands it to LDK; the outcome
@@ -241,6 +253,7 @@ impl Node {
     async fn start_payment(
         &self,
         invoice: &Bolt11Invoice,
+        max_fee_msat: Option<u64>,
     ) -> Result<oneshot::Receiver<PaymentOutcome>, HostError> {
         self.check_payable(invoice)?;
         let hash = invoice.payment_hash().to_byte_array();
@@ -269,7 +282,10 @@ impl Node {
             invoice,
             PaymentId(hash),
             None,
-            RouteParametersConfig::default(),
+            RouteParametersConfig {
+                max_total_routing_fee_msat: max_fee_msat,
+                ..Default::default()
+            },
             Retry::Attempts(3),
         ) {
             // No other caller waits on this hash: starts take turns, and an earlier
@@ -314,7 +330,7 @@ impl Node {
     /// outcome (a client retrying after a timeout must not pay twice: LDK refuses a repeated
     /// payment id only for a few minutes, after which it would pay again, and the payee would
     /// take it), or with its outcome once it ends while it is in flight.
-    fn earlier_payment(&self, invoice: &Bolt11Invoice) -> Result<Earlier, HostError> {
+    fn earlier_payment(&self, invoice: &Bolt11Invoice) -> Result<Option<Progress>, HostError> {
         let hash = invoice.payment_hash().to_byte_array();
         let row = || {
             self.store().payment(
@@ -338,13 +354,13 @@ impl Node {
                     if payment_id.0 == hash)
             });
             if !known {
-                return Ok(Earlier::None);
+                return Ok(None);
             }
             let rx = self.wait_for_payment(hash);
             // Read again: it may have resolved before the wait was registered.
             stored = row()?;
             if pending(&stored) {
-                return Ok(Earlier::InFlight(rx));
+                return Ok(Some(Progress::InFlight(rx)));
             }
         }
         match stored {
@@ -356,12 +372,12 @@ impl Node {
             }) => {
                 let preimage = <[u8; 32]>::from_hex(&preimage)
                     .map_err(|e| HostError::Corrupt(format!("stored preimage: {e}")))?;
-                Ok(Earlier::Ended(PaymentOutcome::Succeeded {
+                Ok(Some(Progress::Ended(PaymentOutcome::Succeeded {
                     preimage,
                     fee_msat,
-                }))
+                })))
             }
-            _ => Ok(Earlier::None),
+            _ => Ok(None),
         }
     }
 
@@ -393,18 +409,22 @@ impl Node {
     }
 }
 
-/// Waits up to `timeout` for a payment's outcome.
-async fn outcome(
-    invoice: &Bolt11Invoice,
-    timeout: Duration,
-    rx: oneshot::Receiver<PaymentOutcome>,
-) -> Result<PaymentOutcome, HostError> {
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(_)) => Err(HostError::PaymentFailed("node stopped".into())),
-        Err(_) => Err(HostError::Timeout(format!(
-            "payment {}",
-            invoice.payment_hash()
-        ))),
+/// A payment handed to LDK, or the earlier payment of the same invoice.
+pub struct StartedPayment {
+    pub payment_hash: [u8; 32],
+    progress: Progress,
+}
+
+impl StartedPayment {
+    /// Its outcome, once it ended; `None` if still under way after `timeout`.
+    pub async fn outcome(self, timeout: Duration) -> Result<Option<PaymentOutcome>, HostError> {
+        match self.progress {
+            Progress::Ended(outcome) => Ok(Some(outcome)),
+            Progress::InFlight(rx) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(outcome)) => Ok(Some(outcome)),
+                Ok(Err(_)) => Err(HostError::PaymentFailed("node stopped".into())),
+                Err(_) => Ok(None),
+            },
+        }
     }
 }

@@ -33,6 +33,34 @@ impl Node {
         self.connect_once(peer, addr).await
     }
 
+    /// Drops the connection to `peer` and forgets its address, so the node does not dial it
+    /// again (the peer may still dial in).
+    pub fn disconnect(&self, peer: &PublicKey) -> Result<(), HostError> {
+        self.kv
+            .remove(PEERS_NAMESPACE, "", &peer.to_string(), false)?;
+        self.address_book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
+        self.peer_manager.disconnect_by_node_id(*peer);
+        Ok(())
+    }
+
+    /// Connected peers: node id, address (if known) and whether the peer dialled in.
+    pub fn peers(&self) -> Vec<(PublicKey, Option<String>, bool)> {
+        self.peer_manager
+            .list_peers()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.counterparty_node_id,
+                    p.socket_address.map(|a| a.to_string()),
+                    p.is_inbound_connection,
+                )
+            })
+            .collect()
+    }
+
     pub fn is_connected(&self, peer: &PublicKey) -> bool {
         self.peer_manager.peer_by_node_id(peer).is_some()
     }

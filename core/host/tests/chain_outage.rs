@@ -102,7 +102,7 @@ fn at(node: &Node, tip: BlockHash) -> bool {
 }
 
 async fn pay(from: &Node, to: &Node, what: &str) {
-    let invoice = to.create_invoice(PAYMENT_MSAT, what, 600).unwrap();
+    let invoice = to.create_invoice(Some(PAYMENT_MSAT), what, 600).unwrap();
     let outcome = from
         .pay_invoice(&invoice.to_string(), Duration::from_secs(60))
         .await

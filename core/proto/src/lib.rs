@@ -1,11 +1,16 @@
-//! The signer protocol: what a Flotilla host asks of a node's signer and what the signer
-//! answers, as Rust values ([`Request`], [`Response`], [`SignerError`], [`Handover`]) and on the
-//! wire ([`wire`], gRPC over `signer.proto`). Both sides depend on this crate and on nothing of
-//! each other.
+//! The protocols around a Flotilla host.
+//!
+//! The signer protocol: what a host asks of a node's signer and what the signer answers, as
+//! Rust values ([`Request`], [`Response`], [`SignerError`], [`Handover`]) and on the wire
+//! ([`wire`], gRPC over `signer.proto`). Both sides depend on this crate and on nothing of each
+//! other.
+//!
+//! The node API ([`node`], gRPC over `node.proto`): what a client asks of one hosted node.
 
 mod challenge;
 mod handler;
 mod handover;
+pub mod node;
 mod request;
 mod response;
 #[doc(hidden)]

@@ -413,7 +413,7 @@ async fn pay_once(
     amount_msat: u64,
     k: usize,
 ) -> Result<Duration, Error> {
-    let invoice = payee.create_invoice(amount_msat, &format!("bench {k}"), 3600)?;
+    let invoice = payee.create_invoice(Some(amount_msat), &format!("bench {k}"), 3600)?;
     let started = Instant::now();
     match payer
         .pay_invoice(&invoice.to_string(), Duration::from_secs(60))

@@ -142,7 +142,8 @@ pub async fn run(args: DemoArgs) -> CliResult {
     for k in 0..args.payments {
         let payer = &nodes[k % nodes.len()];
         let payee = &nodes[(k + 1) % nodes.len()];
-        let invoice = payee.create_invoice(PAYMENT_MSAT, &format!("demo payment {k}"), 3600)?;
+        let invoice =
+            payee.create_invoice(Some(PAYMENT_MSAT), &format!("demo payment {k}"), 3600)?;
         match payer
             .pay_invoice(&invoice.to_string(), Duration::from_secs(60))
             .await

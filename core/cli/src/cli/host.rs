@@ -287,7 +287,7 @@ async fn handle(nodes: &HashMap<String, Arc<Node>>, request: Request) -> Result<
             json!(chans)
         }
         Request::Invoice { node, msat } => json!(get(&node)?
-            .create_invoice(msat, "flotilla", 3600)?
+            .create_invoice(Some(msat), "flotilla", 3600)?
             .to_string()),
         Request::HoldInvoice {
             node,

@@ -77,6 +77,19 @@ impl Store {
         if rows.ops.is_empty() {
             return Ok(());
         }
-        self.write(move |conn| rows.apply(conn))
+        let mut nodes: Vec<String> = rows
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Event { node_id, .. } => Some(node_id.clone()),
+                _ => None,
+            })
+            .collect();
+        nodes.dedup();
+        self.write(move |conn| rows.apply(conn))?;
+        for node_id in nodes {
+            self.inner.feed.written(&node_id);
+        }
+        Ok(())
     }
 }

@@ -17,8 +17,16 @@ impl Store {
         data: &serde_json::Value,
     ) -> Result<i64, StoreError> {
         let json = encode(data)?;
-        let (node_id, kind) = (node_id.to_owned(), kind.to_owned());
-        self.write(move |conn| insert(conn, &node_id, &kind, &json))
+        let (node, kind) = (node_id.to_owned(), kind.to_owned());
+        let id = self.write(move |conn| insert(conn, &node, &kind, &json))?;
+        self.inner.feed.written(node_id);
+        Ok(id)
+    }
+
+    /// Changes each time events of `node_id` are committed after this call: wait on it, then
+    /// read [`Store::events`] after the last id seen.
+    pub fn event_signal(&self, node_id: &str) -> tokio::sync::watch::Receiver<()> {
+        self.inner.feed.subscribe(node_id)
     }
 
     /// As [`Store::insert_event`], without waiting for the commit, for callers that must not
@@ -27,12 +35,14 @@ impl Store {
         let (node_id, kind) = (node_id.to_owned(), kind.to_owned());
         let queued = encode(data).map(|json| {
             let done_kind = kind.clone();
+            // The feed, not the store: the writer thread must never drop the last store.
+            let feed = self.inner.feed.clone();
+            let done_node = node_id.clone();
             self.inner.writer.submit(
                 move |conn| insert(conn, &node_id, &kind, &json),
-                move |result| {
-                    if let Err(e) = result {
-                        tracing::error!(kind = done_kind, error = %e, "event not recorded");
-                    }
+                move |result| match result {
+                    Ok(_) => feed.written(&done_node),
+                    Err(e) => tracing::error!(kind = done_kind, error = %e, "event not recorded"),
                 },
             )
         });

@@ -13,6 +13,7 @@ mod batch;
 mod channels;
 mod error;
 mod events;
+mod feed;
 mod kv;
 mod lock;
 mod migrations;
@@ -41,6 +42,7 @@ pub use flotilla_sqlite::group_commit::WriteStats;
 pub use kv::{read_optional, Kv, KvStore, KvWrite};
 pub use lock::lock_path;
 pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};
+pub use payments::PaymentFilter;
 pub use rows::{
     ChannelRow, ChannelStatus, Direction, EventRow, NodeRow, PaymentRow, PaymentStatus, TokenRow,
 };
@@ -59,6 +61,9 @@ struct Inner {
     // Field order is drop order: queued writes finish and both connections close before the
     // lock is released, so the next owner never sees a file that is still being written.
     writer: Writer<StoreError>,
+    /// Wakes subscribers of a node's events after each commit that wrote some.
+    /// (Shared with the writer's callbacks, which must not hold the store itself.)
+    feed: Arc<feed::EventFeed>,
     /// The read connection (`query_only`): reads never wait for a commit's fsync.
     conn: Mutex<Connection>,
     path: PathBuf,
@@ -80,6 +85,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 writer,
+                feed: Arc::default(),
                 conn: Mutex::new(reader),
                 path: path.to_path_buf(),
                 _lock: lock,

@@ -44,6 +44,44 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+
+    /// A page of a node's payments, newest first: up to `limit` rows made before the row
+    /// `before` (a cursor this returned; `None` for the first page), of `direction` and
+    /// `status` when given. Each row comes with its cursor.
+    pub fn payments_page(
+        &self,
+        node_id: &str,
+        filter: PaymentFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, PaymentRow)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS}, rowid FROM payments
+                 WHERE node_id = ?1 AND rowid < ?2
+                   AND (?3 IS NULL OR direction = ?3) AND (?4 IS NULL OR status = ?4)
+                 ORDER BY rowid DESC LIMIT ?5"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    node_id,
+                    before.unwrap_or(i64::MAX),
+                    filter.direction,
+                    filter.status,
+                    limit
+                ],
+                |r| Ok((r.get(11)?, from_row(r)?)),
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+/// Which payments a page holds: all, or those of one direction and/or status.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PaymentFilter {
+    pub direction: Option<Direction>,
+    pub status: Option<PaymentStatus>,
 }
 
 /// Refuses a row whose keys or preimage are malformed, before it is queued.

@@ -4,8 +4,8 @@ use rusqlite::Connection;
 
 use super::{node, node_id, store_with_nodes, TempDir};
 use crate::store::{
-    ChannelRow, ChannelStatus, Direction, NodeRow, PaymentRow, PaymentStatus, Rows, Store,
-    StoreError,
+    ChannelRow, ChannelStatus, Direction, NodeRow, PaymentFilter, PaymentRow, PaymentStatus, Rows,
+    Store, StoreError,
 };
 
 fn channel(node: u8) -> ChannelRow {
@@ -260,6 +260,62 @@ fn directions_are_separate_payments() {
         Some(PaymentStatus::Pending)
     );
     assert_eq!(store.payments(&node_id(3)).unwrap(), vec![]);
+}
+
+#[test]
+fn payments_page_newest_first_filtered_and_never_another_nodes() {
+    let dir = TempDir::new();
+    let store = store_with_nodes(&dir);
+    for (i, status) in [
+        PaymentStatus::Succeeded,
+        PaymentStatus::Pending,
+        PaymentStatus::Failed,
+        PaymentStatus::Succeeded,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut row = payment(status, i as i64);
+        row.payment_hash = format!("{:02x}", i + 1).repeat(32);
+        row.direction = if i == 3 {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        store.upsert_payment(&row).unwrap();
+        row.node_id = node_id(3);
+        row.payment_hash = "ee".repeat(32);
+        store.upsert_payment(&row).unwrap();
+    }
+    // A later update of the first payment does not move it in the order.
+    store
+        .upsert_payment(&PaymentRow {
+            payment_hash: "01".repeat(32),
+            ..payment(PaymentStatus::Succeeded, 9)
+        })
+        .unwrap();
+    let hashes = |page: &[(i64, PaymentRow)]| -> Vec<String> {
+        page.iter()
+            .map(|(_, r)| r.payment_hash[..2].to_owned())
+            .collect()
+    };
+    let all = PaymentFilter::default();
+    let first = store.payments_page(&node_id(2), all, None, 3).unwrap();
+    assert_eq!(hashes(&first), ["04", "03", "02"]);
+    let rest = store
+        .payments_page(&node_id(2), all, Some(first[2].0), 3)
+        .unwrap();
+    assert_eq!(hashes(&rest), ["01"]);
+    let outbound_succeeded = PaymentFilter {
+        direction: Some(Direction::Outbound),
+        status: Some(PaymentStatus::Succeeded),
+    };
+    let page = store
+        .payments_page(&node_id(2), outbound_succeeded, None, 10)
+        .unwrap();
+    assert_eq!(hashes(&page), ["01"]);
+    let other = store.payments_page(&node_id(3), all, None, 10).unwrap();
+    assert_eq!(hashes(&other), ["ee", "ee"], "node 3's own, by direction");
 }
 
 #[test]
