@@ -36,6 +36,10 @@ pub struct HostProcess {
     /// Where its SignerHub listens (`https://…`), and the CA file signers must trust.
     pub hub_url: String,
     pub ca_file: PathBuf,
+    /// Where its node and operator API listens (`https://…`, the same CA), and the file the
+    /// host wrote the operator's first token to.
+    pub api_url: String,
+    pub operator_token_file: PathBuf,
 }
 
 /// A fresh test directory `<tmp>/flotilla-<name>-<pid>` with a regtest btcd in it, mined past
@@ -119,6 +123,7 @@ impl HostProcess {
             "hub_listen": format!("127.0.0.1:{hub_port}"),
             "tls_dir": dir.join(format!("{name}-tls")),
             "nodes": nodes,
+            "api_listen": "127.0.0.1:0",
         });
         std::fs::write(&config, body.to_string()).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(flotilla_bin());
@@ -141,6 +146,12 @@ impl HostProcess {
             failed: Value::Null,
             hub_url: hello["ok"]["hub"].as_str().unwrap_or_default().to_string(),
             ca_file: PathBuf::from(hello["ok"]["ca_file"].as_str().unwrap_or_default()),
+            api_url: hello["ok"]["api"].as_str().unwrap_or_default().to_string(),
+            operator_token_file: PathBuf::from(
+                hello["ok"]["operator_token_file"]
+                    .as_str()
+                    .unwrap_or_default(),
+            ),
         })
     }
 

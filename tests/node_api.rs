@@ -26,9 +26,14 @@ const PAYMENT_MSAT: u64 = 20_000_000;
 /// The API of `pair`'s host on loopback, and the CA its clients trust.
 async fn serve(pair: &Pair) -> (ApiServer, Vec<u8>) {
     let tls = HubTls::generate(&["localhost".into(), "127.0.0.1".into()]).expect("tls");
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap(), &tls, pair.host.clone())
-        .await
-        .expect("api");
+    let server = ApiServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &tls,
+        pair.host.clone(),
+        None,
+    )
+    .await
+    .expect("api");
     (server, tls.ca_pem().to_vec())
 }
 
@@ -174,6 +179,7 @@ async fn a_client_drives_its_node_through_the_api_over_tls() {
             node_id: pair.payee.id.to_string(),
             amount_sat: CHANNEL_SAT,
             push_msat: 0,
+            ..Default::default()
         })
         .await
         .expect("open");
@@ -251,7 +257,58 @@ async fn a_client_drives_its_node_through_the_api_over_tls() {
         "paid once: {before} -> {after}"
     );
 
-    read_until(&mut stream, &mut streamed, "payment_sent", 1).await;
+    // With an idempotency key: the retry answers as the first call and pays nothing; the
+    // key with another request is refused; an invoice asked twice with a key is made once.
+    let keyed = |bolt11: &str| pb::PayInvoiceRequest {
+        bolt11: bolt11.to_owned(),
+        wait: true,
+        idempotency_key: "order-17".into(),
+        ..Default::default()
+    };
+    let make = || pb::CreateInvoiceRequest {
+        idempotency_key: "invoice-17".into(),
+        ..invoice_request(PAYMENT_MSAT)
+    };
+    let second = payee
+        .create_invoice(make())
+        .await
+        .expect("keyed invoice")
+        .into_inner();
+    let again = payee
+        .create_invoice(make())
+        .await
+        .expect("same key")
+        .into_inner();
+    assert_eq!(again, second, "one invoice for one key");
+    let first = payer
+        .pay_invoice(keyed(&second.bolt11))
+        .await
+        .expect("keyed pay")
+        .into_inner();
+    assert_eq!(first.status(), pb::PaymentStatus::Succeeded, "{first:?}");
+    let retried = payer
+        .pay_invoice(keyed(&second.bolt11))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(retried, first);
+    let status = payer
+        .pay_invoice(keyed(&invoice.bolt11))
+        .await
+        .expect_err("the key with another invoice");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("idempotency_key"),
+        "{status:?}"
+    );
+    let after_keyed = pair.payer.channels()[0].outbound_capacity_msat;
+    assert_eq!(
+        after - after_keyed,
+        PAYMENT_MSAT,
+        "the keyed payment was made once"
+    );
+
+    read_until(&mut stream, &mut streamed, "payment_sent", 2).await;
     // The client goes away, and comes back after the last event it received.
     drop(stream);
 
@@ -312,7 +369,7 @@ async fn a_client_drives_its_node_through_the_api_over_tls() {
         .await
         .expect("resume")
         .into_inner();
-    read_until(&mut stream, &mut streamed, "payment_sent", 2).await;
+    read_until(&mut stream, &mut streamed, "payment_sent", 3).await;
 
     // Pages: newest first, until the last page says so.
     for _ in 0..3 {
@@ -341,9 +398,10 @@ async fn a_client_drives_its_node_through_the_api_over_tls() {
         }
         page_token = page.next_page_token;
     }
-    assert_eq!(seen.len(), 5, "two paid, three open");
+    assert_eq!(seen.len(), 6, "three paid, three open");
     assert_eq!(seen[3].payment_hash, held_hash);
-    assert_eq!(seen[4].payment_hash, invoice.payment_hash);
+    assert_eq!(seen[4].payment_hash, second.payment_hash);
+    assert_eq!(seen[5].payment_hash, invoice.payment_hash);
     let succeeded = payee
         .list_payments(pb::ListPaymentsRequest {
             status: pb::PaymentStatus::Succeeded.into(),
@@ -352,7 +410,95 @@ async fn a_client_drives_its_node_through_the_api_over_tls() {
         .await
         .expect("succeeded")
         .into_inner();
-    assert_eq!(succeeded.payments.len(), 2);
+    assert_eq!(succeeded.payments.len(), 3);
+
+    // Keysend: no invoice; the payee learns the preimage from the onion.
+    let keysent = payer
+        .keysend(pb::KeysendRequest {
+            node_id: pair.payee.id.to_string(),
+            amount_msat: 1_000_000,
+            wait: true,
+            idempotency_key: "tip-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("keysend")
+        .into_inner();
+    assert_eq!(
+        keysent.status(),
+        pb::PaymentStatus::Succeeded,
+        "{keysent:?}"
+    );
+    let tipped = payment_becomes(
+        &payee,
+        &keysent.payment_hash,
+        pb::Direction::Inbound,
+        pb::PaymentStatus::Succeeded,
+    )
+    .await;
+    assert_eq!(tipped.amount_msat, Some(1_000_000));
+    assert_eq!(tipped.preimage, keysent.preimage);
+
+    // On chain: to the node's own wallet it signs; elsewhere the signer's policy refuses
+    // (no destination is allowed by default) and nothing leaves.
+    let own = payer
+        .new_address(pb::NewAddressRequest {})
+        .await
+        .expect("own address")
+        .into_inner()
+        .address;
+    let sent = payer
+        .onchain_send(pb::OnchainSendRequest {
+            address: own,
+            amount_sat: 10_000,
+            ..Default::default()
+        })
+        .await
+        .expect("send to self")
+        .into_inner();
+    assert_eq!(sent.txid.len(), 64);
+    let elsewhere = payee
+        .new_address(pb::NewAddressRequest {})
+        .await
+        .expect("payee address")
+        .into_inner()
+        .address;
+    let refused = payer
+        .onchain_send(pb::OnchainSendRequest {
+            address: elsewhere,
+            amount_sat: 10_000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("not an allowed destination");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("destination_not_allowed"),
+        "{refused:?}"
+    );
+    let signer = payer
+        .get_signer_status(pb::GetSignerStatusRequest {})
+        .await
+        .expect("signer status")
+        .into_inner();
+    assert!(
+        signer.attached && signer.requests_answered > 0,
+        "{signer:?}"
+    );
+    let decoded = payer
+        .decode_invoice(pb::DecodeInvoiceRequest {
+            bolt11: invoice.bolt11.clone(),
+        })
+        .await
+        .expect("decode")
+        .into_inner();
+    assert_eq!(decoded.payment_hash, invoice.payment_hash);
+    assert_eq!(decoded.amount_msat, Some(PAYMENT_MSAT));
+    assert_eq!(decoded.payee_node_id, pair.payee.id.to_string());
+    assert_eq!(
+        (decoded.network.as_str(), decoded.description.as_str()),
+        ("regtest", "api")
+    );
 
     // Events: the payer's own, in order, resumable from any id.
     let events = payer
@@ -362,7 +508,12 @@ async fn a_client_drives_its_node_through_the_api_over_tls() {
         .into_inner()
         .events;
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    for kind in ["channel_pending", "channel_ready", "payment_sent"] {
+    for kind in [
+        "onchain_received",
+        "channel_pending",
+        "channel_ready",
+        "payment_sent",
+    ] {
         assert!(kinds.contains(&kind), "{kinds:?}");
     }
     assert!(events.windows(2).all(|w| w[0].id < w[1].id));
@@ -591,7 +742,8 @@ async fn a_token_reaches_only_its_node_and_scopes_and_bad_input_is_named() {
                 .open_channel(pb::OpenChannelRequest {
                     node_id: pair.payee.id.to_string(),
                     amount_sat: 100_000,
-                    push_msat: 0
+                    push_msat: 0,
+                    ..Default::default()
                 })
                 .await
         ),
@@ -724,6 +876,7 @@ async fn a_token_reaches_only_its_node_and_scopes_and_bad_input_is_named() {
             node_id: pair.payee.id.to_string(),
             amount_sat: 1_000_000,
             push_msat: 0,
+            ..Default::default()
         })
         .await
         .map(|r| r.map(|_| ())),

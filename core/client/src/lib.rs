@@ -15,12 +15,17 @@ mod bearer;
 pub use bearer::Bearer;
 /// The node API's messages and generated client.
 pub use flotilla_proto::node as pb;
+/// The operator API's messages and generated client.
+pub use flotilla_proto::operator as op;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// A connected client of one node.
 pub type NodeClient = pb::node_client::NodeClient<InterceptedService<Channel, Bearer>>;
+
+/// A connected client of the host's operator API.
+pub type OperatorClient = op::operator_client::OperatorClient<InterceptedService<Channel, Bearer>>;
 
 /// Why a client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +39,32 @@ pub enum ClientError {
 }
 
 /// Connects to the node API at `url` (`https://host:port`), trusting the CA certificate
-/// `ca_pem`, presenting `token` on every call.
+/// `ca_pem`, presenting `token` (a node token) on every call.
 pub async fn connect(url: &str, ca_pem: &[u8], token: &str) -> Result<NodeClient, ClientError> {
     let bearer = Bearer::new(token)?;
+    Ok(pb::node_client::NodeClient::with_interceptor(
+        channel(url, ca_pem).await?,
+        bearer,
+    ))
+}
+
+/// Connects to the operator API at `url` with the operator's `token`; as [`connect`].
+pub async fn connect_operator(
+    url: &str,
+    ca_pem: &[u8],
+    token: &str,
+) -> Result<OperatorClient, ClientError> {
+    let bearer = Bearer::new(token)?;
+    Ok(op::operator_client::OperatorClient::with_interceptor(
+        channel(url, ca_pem).await?,
+        bearer,
+    ))
+}
+
+/// A TLS connection to the host's API that trusts `ca_pem` alone.
+async fn channel(url: &str, ca_pem: &[u8]) -> Result<Channel, ClientError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|_| ClientError::Url(url.to_owned()))?
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))?;
-    let channel = endpoint.connect().await?;
-    Ok(pb::node_client::NodeClient::with_interceptor(
-        channel, bearer,
-    ))
+    Ok(endpoint.connect().await?)
 }

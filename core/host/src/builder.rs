@@ -408,6 +408,8 @@ impl Node {
             channel_manager,
             sweeper,
             wallet,
+            store: shared.store.clone(),
+            node_id: id_hex.clone(),
         });
         let listener_id = observer.join(alias.to_string(), chain, synced).await?;
         *node.listener_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener_id);

@@ -1,13 +1,15 @@
 //! A node's chain listener: each block reaches every component of the node once, in order,
-//! and closed channels are archived as the chain moves on.
+//! closed channels are archived as the chain moves on, and what a block pays the node's
+//! wallet is an event (`onchain_received`).
 
 use std::sync::Arc;
 
 use bitcoin::Block;
 use lightning::chain::{BestBlock, Listen};
 
+use crate::store::Store;
 use crate::types::{ChainMonitor, ChannelManager, Sweeper};
-use crate::wallet::OnchainWallet;
+use crate::wallet::{block_of, OnchainWallet};
 
 /// The node's chain listener: every component sees each block once, in this order.
 pub(crate) struct NodeChain {
@@ -15,6 +17,9 @@ pub(crate) struct NodeChain {
     pub(crate) channel_manager: Arc<ChannelManager>,
     pub(crate) sweeper: Arc<Sweeper>,
     pub(crate) wallet: Arc<OnchainWallet>,
+    /// Where the node's events go, and its id there.
+    pub(crate) store: Store,
+    pub(crate) node_id: String,
 }
 
 impl Listen for NodeChain {
@@ -30,7 +35,7 @@ impl Listen for NodeChain {
             .filtered_block_connected(header, txdata, height);
         self.sweeper
             .filtered_block_connected(header, txdata, height);
-        self.wallet.filtered_block_connected(header, txdata, height);
+        self.wallet_block(&block_of(header, txdata), height);
         self.archive_if_due(height);
     }
 
@@ -38,7 +43,7 @@ impl Listen for NodeChain {
         self.chain_monitor.block_connected(block, height);
         self.channel_manager.block_connected(block, height);
         self.sweeper.block_connected(block, height);
-        self.wallet.block_connected(block, height);
+        self.wallet_block(block, height);
         self.archive_if_due(height);
     }
 
@@ -56,6 +61,23 @@ impl Listen for NodeChain {
 const ARCHIVE_EVERY_BLOCKS: u32 = 144;
 
 impl NodeChain {
+    /// Gives `block` to the wallet; each payment it received is an event.
+    fn wallet_block(&self, block: &Block, height: u32) {
+        match self.wallet.connect_block(block, height) {
+            Ok(received) => {
+                for r in received {
+                    self.store.queue_event(
+                        &self.node_id,
+                        "onchain_received",
+                        &serde_json::json!({"txid": r.txid.to_string(),
+                                            "amount_sat": r.amount_sat, "height": height}),
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, height, "wallet could not connect block"),
+        }
+    }
+
     /// Archives the monitors of channels that are closed and fully resolved (LDK's background
     /// processor leaves this to its user): they are then neither fed blocks nor loaded at
     /// start. Driven by blocks, not a timer, so a host catching up archives as it goes.

@@ -256,45 +256,65 @@ impl Node {
         max_fee_msat: Option<u64>,
     ) -> Result<oneshot::Receiver<PaymentOutcome>, HostError> {
         self.check_payable(invoice)?;
-        let hash = invoice.payment_hash().to_byte_array();
+        let outgoing = Outgoing {
+            payment_hash: invoice.payment_hash().to_byte_array(),
+            amount_msat: invoice.amount_milli_satoshis().unwrap_or(0),
+            destination: invoice.get_payee_pub_key(),
+            bolt11: Some(invoice.to_string()),
+        };
+        self.send_tracked(outgoing, |id| {
+            self.channel_manager
+                .pay_for_bolt11_invoice(
+                    invoice,
+                    id,
+                    None,
+                    RouteParametersConfig {
+                        max_total_routing_fee_msat: max_fee_msat,
+                        ..Default::default()
+                    },
+                    Retry::Attempts(3),
+                )
+                .map_err(|e| format!("{e:?}"))
+        })
+        .await
+    }
+
+    /// Has the signer approve `outgoing`, records it pending, and hands it to LDK with `send`;
+    /// its outcome arrives on the receiver. A payment LDK refuses at once is recorded failed.
+    pub(crate) async fn send_tracked(
+        &self,
+        outgoing: Outgoing,
+        send: impl FnOnce(PaymentId) -> Result<(), String>,
+    ) -> Result<oneshot::Receiver<PaymentOutcome>, HostError> {
+        let hash = outgoing.payment_hash;
         // The signer's policy (limits, approval hook) decides before any HTLC exists, so a
         // refusal leaves nothing to unwind.
         self.link
             .call(Request::ApprovePayment {
                 payment_hash: hash,
-                amount_msat: invoice.amount_milli_satoshis().unwrap_or(0),
-                destination: invoice.get_payee_pub_key(),
+                amount_msat: outgoing.amount_msat,
+                destination: outgoing.destination,
             })
             .await?;
         let rx = self.wait_for_payment(hash);
         let pending = PaymentRow {
-            amount_msat: invoice.amount_milli_satoshis(),
-            bolt11: Some(invoice.to_string()),
+            amount_msat: Some(outgoing.amount_msat),
+            bolt11: outgoing.bolt11,
             ..payment_update(
                 &self.id.to_string(),
-                &invoice.payment_hash().to_string(),
+                &crate::events::hex(&hash),
                 Direction::Outbound,
                 PaymentStatus::Pending,
             )
         };
         self.store().upsert_payment(&pending)?;
-        if let Err(e) = self.channel_manager.pay_for_bolt11_invoice(
-            invoice,
-            PaymentId(hash),
-            None,
-            RouteParametersConfig {
-                max_total_routing_fee_msat: max_fee_msat,
-                ..Default::default()
-            },
-            Retry::Attempts(3),
-        ) {
+        if let Err(reason) = send(PaymentId(hash)) {
             // No other caller waits on this hash: starts take turns, and an earlier
             // payment LDK still knew would have been found in flight.
             self.payment_waiters
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&hash);
-            let reason = format!("{e:?}");
             self.store().upsert_payment(&PaymentRow {
                 status: PaymentStatus::Failed,
                 failure_reason: Some(reason.clone()),
@@ -409,6 +429,14 @@ impl Node {
     }
 }
 
+/// A payment about to leave the node: what the signer approves and the row records.
+pub(crate) struct Outgoing {
+    pub payment_hash: [u8; 32],
+    pub amount_msat: u64,
+    pub destination: PublicKey,
+    pub bolt11: Option<String>,
+}
+
 /// A payment handed to LDK, or the earlier payment of the same invoice.
 pub struct StartedPayment {
     pub payment_hash: [u8; 32],
@@ -416,6 +444,14 @@ pub struct StartedPayment {
 }
 
 impl StartedPayment {
+    /// A payment just handed to LDK, whose outcome arrives on `rx`.
+    pub(crate) fn in_flight(payment_hash: [u8; 32], rx: oneshot::Receiver<PaymentOutcome>) -> Self {
+        StartedPayment {
+            payment_hash,
+            progress: Progress::InFlight(rx),
+        }
+    }
+
     /// Its outcome, once it ended; `None` if still under way after `timeout`.
     pub async fn outcome(self, timeout: Duration) -> Result<Option<PaymentOutcome>, HostError> {
         match self.progress {

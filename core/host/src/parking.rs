@@ -1,5 +1,6 @@
 //! A node whose signer is away is parked: it drops its peers and takes no new ones (it could
-//! sign nothing for them), keeps its state, and resumes when the signer attaches again.
+//! sign nothing for them), keeps its state, and resumes when the signer attaches again. Each
+//! change is an event (`signer_attached`, `signer_away`) its API clients see.
 
 use std::sync::Arc;
 
@@ -20,6 +21,14 @@ pub(crate) async fn watch_signer(node: Arc<Node>, pending: Arc<Pending>) {
             }
         }
         let now_attached = *attached.borrow_and_update();
+        // Queued, not awaited: the node's life does not wait on its event log.
+        let kind = if now_attached {
+            "signer_attached"
+        } else {
+            "signer_away"
+        };
+        node.store()
+            .queue_event(&node.id.to_string(), kind, &serde_json::json!({}));
         if now_attached {
             tracing::info!(node = %node.alias, "signer attached; node resumes");
             // Signatures that were pending when the signer left are asked again now.

@@ -5,12 +5,14 @@
 //! ([`wire`], gRPC over `signer.proto`). Both sides depend on this crate and on nothing of each
 //! other.
 //!
-//! The node API ([`node`], gRPC over `node.proto`): what a client asks of one hosted node.
+//! The host's API: what a client asks of one hosted node ([`node`], gRPC over `node.proto`) and
+//! what the operator asks of the host ([`operator`], `operator.proto`).
 
 mod challenge;
 mod handler;
 mod handover;
 pub mod node;
+pub mod operator;
 mod request;
 mod response;
 #[doc(hidden)]
@@ -22,3 +24,6 @@ pub use handler::Handler;
 pub use handover::{ChannelKeySet, Handover};
 pub use request::{ClosingParts, HolderCommitment, KeysId, Request, Revocation};
 pub use response::{Response, SignerError};
+
+/// The encoded descriptors of `node.proto` and `operator.proto`, for gRPC reflection.
+pub const API_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("api_descriptor");

@@ -4,6 +4,3 @@
 #![allow(clippy::all, clippy::pedantic)]
 
 tonic::include_proto!("flotilla.node.v1");
-
-/// The encoded descriptors of `node.proto`, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("node_descriptor");

@@ -3,21 +3,26 @@
 //! stdout). This is the operator's console and what the end-to-end tests drive across
 //! processes, until the gRPC node API takes its place.
 //!
-//! Output: a first line `{"ok": {"hub": URL, "ca_file": PATH}}` once signers can dial in, then
+//! Output: a first line `{"ok": {"hub": URL, "ca_file": PATH}}` once signers can dial in (with
+//! `api` and `operator_token_file` when the config names `api_listen`), then
 //! `{"ok": {"nodes": [...]}}` once every node is up (a new node waits for its signer).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::secp256k1::PublicKey;
 use clap::Args;
+use flotilla_host::api::token::Grant;
+use flotilla_host::api::tokens::Tokens;
+use flotilla_host::api::ApiServer;
 use flotilla_host::chain::RpcConfig;
 use flotilla_host::signer_client::hub::SignerHub;
 use flotilla_host::signer_client::link::SignerLink;
-use flotilla_host::signer_client::tls::{HubTls, CA_FILE};
+use flotilla_host::signer_client::tls::{write_file, HubTls, CA_FILE};
+use flotilla_host::store::Store;
 use flotilla_host::{Host, HostConfig, HostError, Node, PaymentOutcome, DEFAULT_HOLD_CLTV_DELTA};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -47,8 +52,14 @@ pub struct HostFile {
     pub hub_listen: SocketAddr,
     /// The hub's TLS CA and certificate (made here on first start; give signers `ca.pem`).
     pub tls_dir: PathBuf,
-    /// The nodes this host runs: alias and the node id its signer must prove.
+    /// The nodes this host runs: alias and the node id its signer must prove. Nodes added
+    /// through the operator API are started again at each start too (until removed).
+    #[serde(default)]
     pub nodes: Vec<NodeEntry>,
+    /// Where the node and operator API listens (gRPC/TLS, the hub's certificate), e.g.
+    /// `127.0.0.1:7002`; none: no API.
+    #[serde(default)]
+    pub api_listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -158,17 +169,32 @@ pub async fn run(args: HostArgs) -> CliResult {
     let tls = HubTls::load_or_generate(&tls_dir, &hub_names())?;
     let hub = SignerHub::start(file.hub_listen, &tls).await?;
 
+    let api = match file.api_listen {
+        Some(listen) => {
+            let api = ApiServer::start(listen, &tls, host.clone(), Some(hub.clone())).await?;
+            let token_file = tls_dir.join(OPERATOR_TOKEN_FILE);
+            bootstrap_operator(host.store(), &token_file)?;
+            Some((api, token_file))
+        }
+        None => None,
+    };
+
     let mut stdout = tokio::io::stdout();
-    let hello = json!({"ok": {"hub": format!("https://{}", hub.local_addr()),
-                              "ca_file": tls_dir.join(CA_FILE).display().to_string()}});
+    let mut hello = json!({"hub": format!("https://{}", hub.local_addr()),
+                           "ca_file": tls_dir.join(CA_FILE).display().to_string()});
+    if let Some((api, token_file)) = &api {
+        hello["api"] = json!(format!("https://{}", api.local_addr()));
+        hello["operator_token_file"] = json!(token_file.display().to_string());
+    }
+    let hello = json!({ "ok": hello });
     stdout.write_all(format!("{hello}\n").as_bytes()).await?;
     stdout.flush().await?;
 
     // Nodes start concurrently: each new one waits for its own signer's first attach.
     let mut starting = tokio::task::JoinSet::new();
-    for entry in &file.nodes {
-        let link = SignerLink::new(entry.node_id, hub.register(entry.node_id));
-        let (host, alias) = (host.clone(), entry.alias.clone());
+    for (alias, node_id) in nodes_to_start(&file.nodes, host.store())? {
+        let link = SignerLink::new(node_id, hub.register(node_id));
+        let host = host.clone();
         starting.spawn(async move { (alias.clone(), host.add_node(&alias, link).await) });
     }
     // A node that cannot start (a corrupt row, a signer that never came) is reported and
@@ -208,9 +234,63 @@ pub async fn run(args: HostArgs) -> CliResult {
         stdout.write_all(format!("{answer}\n").as_bytes()).await?;
         stdout.flush().await?;
     }
+    if let Some((api, _)) = &api {
+        api.shutdown().await;
+    }
     host.shutdown().await;
     hub.shutdown().await;
     Ok(())
+}
+
+/// The file beside the hub's certificates that holds the operator's first token.
+const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// At the first start with an API, makes the operator's token and writes it to `path`
+/// (readable by the host's user alone). Nothing happens once the file exists, or while the
+/// database holds a live operator token (its holder makes more with it).
+fn bootstrap_operator(store: &Store, path: &Path) -> CliResult {
+    if path.exists() {
+        return Ok(());
+    }
+    let tokens = Tokens::new(store.clone());
+    if tokens.list(None)?.iter().any(|t| t.revoked_at.is_none()) {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (token, _) = tokens.create(&Grant::Operator, Some("bootstrap".into()), None, now)?;
+    write_file(path, format!("{token}\n").as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// The configured nodes, then those the database knows as running or halted (added through
+/// the operator API, say), each once.
+fn nodes_to_start(
+    configured: &[NodeEntry],
+    store: &Store,
+) -> Result<Vec<(String, PublicKey)>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut nodes: Vec<(String, PublicKey)> = configured
+        .iter()
+        .map(|e| (e.alias.clone(), e.node_id))
+        .collect();
+    for row in store.nodes()? {
+        if row.status == "stopped" {
+            continue;
+        }
+        let Ok(id) = row.node_id.parse::<PublicKey>() else {
+            tracing::warn!(
+                node = row.node_id,
+                "unreadable node id in the database; not started"
+            );
+            continue;
+        };
+        if nodes.iter().all(|(_, known)| *known != id) {
+            nodes.push((row.alias, id));
+        }
+    }
+    Ok(nodes)
 }
 
 fn info(nodes: &HashMap<String, Arc<Node>>) -> Value {

@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod api;
 pub mod demo;
 pub mod host;
+pub mod node;
 pub mod regtest;
 pub mod signer;
 pub mod signer_run;
+pub mod token;
 
 /// Result of one CLI command; errors are printed, never panicked.
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -35,6 +38,10 @@ enum Command {
     Host(host::HostArgs),
     /// Run the customer's signer (`--config FILE`), or signer tools.
     Signer(signer::SignerArgs),
+    /// Drive one hosted node through the host's API with its token.
+    Node(node::NodeArgs),
+    /// Make, list and revoke the node API's tokens (with the operator's token).
+    Token(token::TokenArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -45,6 +52,8 @@ pub fn main() -> ExitCode {
             Command::Host(args) => host::run(args).await,
             Command::Regtest(cmd) => regtest::run(cmd).await,
             Command::Signer(args) => signer::run(args).await,
+            Command::Node(args) => node::run(args).await.map_err(Into::into),
+            Command::Token(args) => token::run(args).await.map_err(Into::into),
         }
     })
 }

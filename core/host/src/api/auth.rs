@@ -80,7 +80,8 @@ pub(super) fn bearer<T>(request: &Request<T>) -> Result<&str, Status> {
         .ok_or_else(|| Status::unauthenticated("authorization must be: Bearer <token>"))
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch, as tokens' times are kept.
+pub(super) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

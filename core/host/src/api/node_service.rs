@@ -13,12 +13,14 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{bearer, Gate};
 use super::follow::{follow, EventStream};
+use super::idempotency::Idempotency;
 use super::messages::{self, page_size};
 use super::token::Scope;
 use crate::error::HostError;
 use crate::events::hex;
 use crate::hold::DEFAULT_HOLD_CLTV_DELTA;
 use crate::node::Node;
+use crate::ops::StartedPayment;
 use crate::store::{Direction, PaymentFilter};
 
 /// Invoice lifetime when the request names none.
@@ -35,6 +37,7 @@ const MAX_DESCRIPTION_BYTES: usize = 639;
 
 pub(super) struct NodeService {
     pub(super) gate: Gate,
+    pub(super) idempotency: Idempotency,
     /// Becomes true when the server stops: ends the event streams.
     pub(super) stop: watch::Receiver<bool>,
 }
@@ -160,25 +163,13 @@ impl NodeApi for NodeService {
     ) -> Answer<pb::OpenChannelResponse> {
         let node = self.gate.node(&request, Scope::Channels)?;
         let req = request.into_inner();
-        let peer = messages::node_id("node_id", &req.node_id)?;
-        let amount_sat = amount_msat("amount_sat", req.amount_sat)?;
-        if req.push_msat > amount_sat.saturating_mul(1_000) {
-            return Err(Status::invalid_argument(
-                "push_msat: more than the channel's amount",
-            ));
-        }
-        // Funding comes later (when the peer accepted), from confirmed coins: refuse now what
-        // the wallet cannot pay rather than fail the channel then.
-        let spendable = node.wallet_balance().confirmed_sat;
-        if amount_sat > spendable {
-            return Err(Status::invalid_argument(format!(
-                "amount_sat: {amount_sat} is above the wallet's confirmed balance ({spendable})"
-            )));
-        }
-        let channel_id = node.open_channel(peer, amount_sat, req.push_msat)?;
-        Ok(Response::new(pb::OpenChannelResponse {
-            channel_id: channel_id.to_string(),
-        }))
+        let answer = self
+            .idempotency
+            .run(&node, "OpenChannel", &req.idempotency_key, &req, || async {
+                open_channel(&node, &req)
+            })
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn close_channel(
@@ -217,42 +208,17 @@ impl NodeApi for NodeService {
     ) -> Answer<pb::Invoice> {
         let node = self.gate.node(&request, Scope::Receive)?;
         let req = request.into_inner();
-        let amount = req
-            .amount_msat
-            .map(|a| amount_msat("amount_msat", a))
-            .transpose()?;
-        if req.description.len() > MAX_DESCRIPTION_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "description: longer than {MAX_DESCRIPTION_BYTES} bytes"
-            )));
-        }
-        let expiry = req.expiry_secs.unwrap_or(DEFAULT_INVOICE_EXPIRY_SECS);
-        if expiry == 0 || expiry > MAX_INVOICE_EXPIRY_SECS {
-            return Err(Status::invalid_argument(format!(
-                "expiry_secs: must be 1 to {MAX_INVOICE_EXPIRY_SECS}"
-            )));
-        }
-        let invoice = match &req.payment_hash {
-            Some(hash) => {
-                let hash = messages::bytes32("payment_hash", hash)?;
-                let amount = amount.ok_or_else(|| {
-                    Status::invalid_argument("amount_msat: a hold invoice needs an amount")
-                })?;
-                let delta = req
-                    .cltv_expiry_delta
-                    .unwrap_or(u32::from(DEFAULT_HOLD_CLTV_DELTA));
-                let delta = u16::try_from(delta)
-                    .map_err(|_| Status::invalid_argument("cltv_expiry_delta: too large"))?;
-                node.create_hold_invoice(amount, hash, &req.description, expiry, delta)?
-            }
-            None if req.cltv_expiry_delta.is_some() => {
-                return Err(Status::invalid_argument(
-                    "cltv_expiry_delta: only for hold invoices (with payment_hash)",
-                ))
-            }
-            None => node.create_invoice(amount, &req.description, expiry)?,
-        };
-        Ok(Response::new(invoice_message(&invoice)))
+        let answer = self
+            .idempotency
+            .run(
+                &node,
+                "CreateInvoice",
+                &req.idempotency_key,
+                &req,
+                || async { create_invoice(&node, &req) },
+            )
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn settle_held(
@@ -278,39 +244,83 @@ impl NodeApi for NodeService {
     async fn pay_invoice(&self, request: Request<pb::PayInvoiceRequest>) -> Answer<pb::Payment> {
         let node = self.gate.node(&request, Scope::Send)?;
         let req = request.into_inner();
-        let wait = req.timeout_secs.unwrap_or(DEFAULT_PAY_WAIT_SECS);
-        if wait > MAX_PAY_WAIT_SECS {
-            return Err(Status::invalid_argument(format!(
-                "timeout_secs: at most {MAX_PAY_WAIT_SECS}"
-            )));
-        }
-        let max_fee = req
-            .max_fee_msat
-            .map(|f| match f {
-                f if f > MAX_MSAT => Err(Status::invalid_argument("max_fee_msat: too large")),
-                f => Ok(f),
+        let answer = self
+            .idempotency
+            .run(&node, "PayInvoice", &req.idempotency_key, &req, || {
+                pay_invoice(&node, &req)
             })
-            .transpose()?;
-        let started = node
-            .start_invoice_payment(&req.bolt11, max_fee)
-            .await
-            .map_err(|e| match e {
-                HostError::InvalidInput(m) => Status::invalid_argument(format!(
-                    "bolt11: {}",
-                    m.trim_start_matches("invoice: ")
-                )),
-                other => other.into(),
-            })?;
-        let hash = hex(&started.payment_hash);
-        if req.wait {
-            // Still pending after the wait: the row says so; the client follows it on.
-            started.outcome(Duration::from_secs(wait.into())).await?;
-        }
-        Ok(Response::new(stored_payment(
-            &node,
-            &hash,
-            Direction::Outbound,
-        )?))
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn keysend(&self, request: Request<pb::KeysendRequest>) -> Answer<pb::Payment> {
+        let node = self.gate.node(&request, Scope::Send)?;
+        let req = request.into_inner();
+        let answer = self
+            .idempotency
+            .run(&node, "Keysend", &req.idempotency_key, &req, || {
+                keysend(&node, &req)
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn onchain_send(
+        &self,
+        request: Request<pb::OnchainSendRequest>,
+    ) -> Answer<pb::OnchainSendResponse> {
+        let node = self.gate.node(&request, Scope::Send)?;
+        let req = request.into_inner();
+        let answer = self
+            .idempotency
+            .run(&node, "OnchainSend", &req.idempotency_key, &req, || async {
+                let txid = node.send_onchain(&req.address, req.amount_sat)?;
+                Ok(pb::OnchainSendResponse {
+                    txid: txid.to_string(),
+                })
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn decode_invoice(
+        &self,
+        request: Request<pb::DecodeInvoiceRequest>,
+    ) -> Answer<pb::DecodedInvoice> {
+        self.gate.node(&request, Scope::Read)?;
+        let invoice: Bolt11Invoice = request
+            .get_ref()
+            .bolt11
+            .trim()
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("bolt11: {e}")))?;
+        let description = match invoice.description() {
+            lightning_invoice::Bolt11InvoiceDescriptionRef::Direct(d) => d.to_string(),
+            lightning_invoice::Bolt11InvoiceDescriptionRef::Hash(h) => hex(&h.0.to_byte_array()),
+        };
+        let created_at = invoice.duration_since_epoch();
+        Ok(Response::new(pb::DecodedInvoice {
+            payment_hash: hex(&invoice.payment_hash().to_byte_array()),
+            amount_msat: invoice.amount_milli_satoshis(),
+            description,
+            payee_node_id: invoice.get_payee_pub_key().to_string(),
+            network: invoice.network().to_string(),
+            created_at: created_at.as_secs(),
+            expires_at: (created_at + invoice.expiry_time()).as_secs(),
+            expired: invoice.would_expire(crate::node::now()),
+            min_final_cltv_expiry_delta: invoice.min_final_cltv_expiry_delta(),
+        }))
+    }
+
+    async fn get_signer_status(
+        &self,
+        request: Request<pb::GetSignerStatusRequest>,
+    ) -> Answer<pb::SignerStatus> {
+        let node = self.gate.node(&request, Scope::Read)?;
+        Ok(Response::new(pb::SignerStatus {
+            attached: node.link.is_attached(),
+            requests_answered: node.signer_requests(),
+        }))
     }
 
     async fn get_payment(&self, request: Request<pb::GetPaymentRequest>) -> Answer<pb::Payment> {
@@ -397,6 +407,131 @@ impl NodeApi for NodeService {
             self.stop.clone(),
         )))
     }
+}
+
+/// Opens a channel as `req` asks, refusing first what could not be funded.
+fn open_channel(
+    node: &Node,
+    req: &pb::OpenChannelRequest,
+) -> Result<pb::OpenChannelResponse, Status> {
+    let peer = messages::node_id("node_id", &req.node_id)?;
+    let amount_sat = amount_msat("amount_sat", req.amount_sat)?;
+    if req.push_msat > amount_sat.saturating_mul(1_000) {
+        return Err(Status::invalid_argument(
+            "push_msat: more than the channel's amount",
+        ));
+    }
+    // Funding comes later (when the peer accepted), from confirmed coins: refuse now what the
+    // wallet cannot pay rather than fail the channel then.
+    let spendable = node.wallet_balance().confirmed_sat;
+    if amount_sat > spendable {
+        return Err(Status::invalid_argument(format!(
+            "amount_sat: {amount_sat} is above the wallet's confirmed balance ({spendable})"
+        )));
+    }
+    let channel_id = node.open_channel(peer, amount_sat, req.push_msat)?;
+    Ok(pb::OpenChannelResponse {
+        channel_id: channel_id.to_string(),
+    })
+}
+
+/// Makes the invoice `req` asks for: a plain one, or with a payment hash a hold invoice.
+fn create_invoice(node: &Node, req: &pb::CreateInvoiceRequest) -> Result<pb::Invoice, Status> {
+    let amount = req
+        .amount_msat
+        .map(|a| amount_msat("amount_msat", a))
+        .transpose()?;
+    if req.description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "description: longer than {MAX_DESCRIPTION_BYTES} bytes"
+        )));
+    }
+    let expiry = req.expiry_secs.unwrap_or(DEFAULT_INVOICE_EXPIRY_SECS);
+    if expiry == 0 || expiry > MAX_INVOICE_EXPIRY_SECS {
+        return Err(Status::invalid_argument(format!(
+            "expiry_secs: must be 1 to {MAX_INVOICE_EXPIRY_SECS}"
+        )));
+    }
+    let invoice = match &req.payment_hash {
+        Some(hash) => {
+            let hash = messages::bytes32("payment_hash", hash)?;
+            let amount = amount.ok_or_else(|| {
+                Status::invalid_argument("amount_msat: a hold invoice needs an amount")
+            })?;
+            let delta = req
+                .cltv_expiry_delta
+                .unwrap_or(u32::from(DEFAULT_HOLD_CLTV_DELTA));
+            let delta = u16::try_from(delta)
+                .map_err(|_| Status::invalid_argument("cltv_expiry_delta: too large"))?;
+            node.create_hold_invoice(amount, hash, &req.description, expiry, delta)?
+        }
+        None if req.cltv_expiry_delta.is_some() => {
+            return Err(Status::invalid_argument(
+                "cltv_expiry_delta: only for hold invoices (with payment_hash)",
+            ))
+        }
+        None => node.create_invoice(amount, &req.description, expiry)?,
+    };
+    Ok(invoice_message(&invoice))
+}
+
+/// How long a payment call waits for the outcome (`None`: it answers at once), checked with
+/// its fee cap.
+fn payment_wait(
+    wait: bool,
+    timeout_secs: Option<u32>,
+    max_fee_msat: Option<u64>,
+) -> Result<Option<Duration>, Status> {
+    let secs = timeout_secs.unwrap_or(DEFAULT_PAY_WAIT_SECS);
+    if secs > MAX_PAY_WAIT_SECS {
+        return Err(Status::invalid_argument(format!(
+            "timeout_secs: at most {MAX_PAY_WAIT_SECS}"
+        )));
+    }
+    if max_fee_msat.is_some_and(|f| f > MAX_MSAT) {
+        return Err(Status::invalid_argument("max_fee_msat: too large"));
+    }
+    Ok(wait.then(|| Duration::from_secs(secs.into())))
+}
+
+/// The payment `started` as it stands after waiting (if asked) for its outcome.
+async fn answer_payment(
+    node: &Node,
+    started: StartedPayment,
+    wait: Option<Duration>,
+) -> Result<pb::Payment, Status> {
+    let hash = hex(&started.payment_hash);
+    if let Some(wait) = wait {
+        // Still pending after the wait: the row says so; the client follows it on.
+        started.outcome(wait).await?;
+    }
+    stored_payment(node, &hash, Direction::Outbound)
+}
+
+/// Pays `req`'s destination by keysend.
+async fn keysend(node: &Node, req: &pb::KeysendRequest) -> Result<pb::Payment, Status> {
+    let wait = payment_wait(req.wait, req.timeout_secs, req.max_fee_msat)?;
+    let destination = messages::node_id("node_id", &req.node_id)?;
+    let amount = amount_msat("amount_msat", req.amount_msat)?;
+    let started = node
+        .start_keysend(destination, amount, req.max_fee_msat)
+        .await?;
+    answer_payment(node, started, wait).await
+}
+
+/// Pays the invoice of `req` (once), answering with its payment as it stands then.
+async fn pay_invoice(node: &Node, req: &pb::PayInvoiceRequest) -> Result<pb::Payment, Status> {
+    let wait = payment_wait(req.wait, req.timeout_secs, req.max_fee_msat)?;
+    let started = node
+        .start_invoice_payment(&req.bolt11, req.max_fee_msat)
+        .await
+        .map_err(|e| match e {
+            HostError::InvalidInput(m) => {
+                Status::invalid_argument(format!("bolt11: {}", m.trim_start_matches("invoice: ")))
+            }
+            other => other.into(),
+        })?;
+    answer_payment(node, started, wait).await
 }
 
 fn invoice_message(invoice: &Bolt11Invoice) -> pb::Invoice {

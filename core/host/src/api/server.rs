@@ -1,11 +1,13 @@
-//! Serving the node API: gRPC over TLS on one port for every node of the host, with gRPC
-//! reflection (so `grpcurl` needs no .proto) and the standard health service.
+//! Serving the host's API: the node API and the operator API, gRPC over TLS on one port for
+//! every node of the host, with gRPC reflection (so `grpcurl` needs no .proto) and the
+//! standard health service.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_proto::node::node_server::NodeServer;
+use flotilla_proto::operator::operator_server::OperatorServer;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -14,8 +16,10 @@ use tonic::transport::{Server, ServerTlsConfig};
 
 use super::auth::Gate;
 use super::node_service::NodeService;
+use super::operator_service::OperatorService;
 use super::tokens::Tokens;
 use crate::host::Host;
+use crate::signer_client::hub::SignerHub;
 use crate::signer_client::tls::HubTls;
 
 /// Largest request a client may send: every call's request is small (an invoice is at most
@@ -49,11 +53,13 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Listens on `listen` with the certificate of `tls`, serving `host`'s nodes to the
-    /// holders of its tokens.
+    /// holders of its tokens, and the host to its operator. Nodes the operator adds find
+    /// their signers on `hub` (without one, the operator adds none).
     pub async fn start(
         listen: SocketAddr,
         tls: &HubTls,
         host: Arc<Host>,
+        hub: Option<Arc<SignerHub>>,
     ) -> Result<ApiServer, ApiError> {
         let bind = |source| ApiError::Bind {
             addr: listen,
@@ -68,12 +74,19 @@ impl ApiServer {
         };
         let (streams, stop_streams) = watch::channel(false);
         let node = NodeServer::new(NodeService {
-            gate,
+            gate: gate.clone(),
+            idempotency: Default::default(),
             stop: stop_streams,
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let operator = OperatorServer::new(OperatorService {
+            gate,
+            hub,
+            starting: Default::default(),
+        })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
         let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(flotilla_proto::node::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(flotilla_proto::API_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| ApiError::Reflection(e.to_string()))?;
@@ -87,6 +100,7 @@ impl ApiServer {
             )
             .map_err(ApiError::Tls)?
             .add_service(node)
+            .add_service(operator)
             .add_service(reflection)
             .add_service(health_service);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -14,6 +14,7 @@ impl From<HostError> for Status {
             HostError::InvalidInput(m) => Status::invalid_argument(m),
             HostError::Wallet(WalletError::InvalidInput(m)) => Status::invalid_argument(m),
             HostError::Wallet(WalletError::InsufficientFunds { .. })
+            | HostError::Wallet(WalletError::Signing(_))
             | HostError::Lightning(_)
             | HostError::PaymentFailed(_)
             | HostError::Signer(SignerError::Refused(_)) => Status::failed_precondition(message),

@@ -11,7 +11,7 @@ pub const APPLICATION_ID: i32 = 0x464c_4f54;
 
 /// Migration `i` takes a database from version `i` to `i + 1`. Append only; never edit one
 /// that has shipped.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -120,6 +120,20 @@ CREATE TABLE api_tokens (
 ) STRICT;
 
 CREATE INDEX api_tokens_by_node ON api_tokens (node_id);
+";
+
+/// The first answer to each node API call made with an idempotency key
+/// (`api/idempotency.rs`), per node.
+const V4: &str = "
+CREATE TABLE api_idempotency (
+    node_id TEXT NOT NULL REFERENCES nodes(node_id),
+    key TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL,
+    response BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (node_id, key)
+) STRICT;
 ";
 
 /// Brings a database at version `from` (already checked to be `<= SCHEMA_VERSION`) up to date.

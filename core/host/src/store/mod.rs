@@ -2,7 +2,8 @@
 //!
 //! It holds two kinds of data side by side: LDK's serialized state, behind a [`KvStore`] per
 //! node (or [`HOST_SCOPE`] for the shared graph and scorer), and plain tables (`nodes`,
-//! `channels`, `payments`, `events`, `api_tokens`) that an operator can query without decoding LDK.
+//! `channels`, `payments`, `events`, `api_tokens`, `api_idempotency`) that an operator can
+//! query without decoding LDK.
 //!
 //! Every write is committed with `synchronous=FULL` before it returns, because LDK acknowledges
 //! a `ChannelMonitor` update only once it is durable. Writes go through one writer thread that
@@ -14,6 +15,7 @@ mod channels;
 mod error;
 mod events;
 mod feed;
+mod idempotency;
 mod kv;
 mod lock;
 mod migrations;
@@ -39,6 +41,7 @@ use rusqlite::Connection;
 pub use batch::Rows;
 pub use error::StoreError;
 pub use flotilla_sqlite::group_commit::WriteStats;
+pub use idempotency::FirstAnswer;
 pub use kv::{read_optional, Kv, KvStore, KvWrite};
 pub use lock::lock_path;
 pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};

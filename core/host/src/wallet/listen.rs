@@ -5,7 +5,7 @@ use bdk_wallet::chain::BlockId;
 use bdk_wallet::chain::Merge;
 use bdk_wallet::KeychainKind;
 use bitcoin::block::Header;
-use bitcoin::{Block, ScriptBuf};
+use bitcoin::{Amount, Block, ScriptBuf, Txid};
 use lightning::chain::transaction::TransactionData;
 use lightning::chain::{BestBlock, Listen};
 use lightning::sign::ChangeDestinationSourceSync;
@@ -17,6 +17,13 @@ use super::{rebuild, OnchainWallet, WalletError};
 /// most this many blocks. Anything that touches the wallet's coins is persisted at once.
 const TIP_PERSIST_INTERVAL: usize = 32;
 
+/// A payment to the wallet from outside it, in a block just connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub txid: Txid,
+    pub amount_sat: u64,
+}
+
 impl OnchainWallet {
     /// Connects `block` at `height` on top of the wallet's chain.
     ///
@@ -25,14 +32,16 @@ impl OnchainWallet {
     /// replaces that block and everything above it (a reorg, even without
     /// [`disconnect_to`](Self::disconnect_to) first). A block that does not build on a block the
     /// wallet has is refused: the wallet would otherwise silently miss the blocks in between.
-    pub fn connect_block(&self, block: &Block, height: u32) -> Result<(), WalletError> {
+    ///
+    /// Returns what the block paid the wallet from outside it (none for a block it had).
+    pub fn connect_block(&self, block: &Block, height: u32) -> Result<Vec<Received>, WalletError> {
         let mut inner = self.lock()?;
         let hash = block.block_hash();
         let replaces_blocks = height <= inner.wallet.latest_checkpoint().height();
         if replaces_blocks {
             match inner.wallet.local_chain().get(height) {
-                Some(known) if known.hash() == hash => return Ok(()),
-                None => return Ok(()),
+                Some(known) if known.hash() == hash => return Ok(Vec::new()),
+                None => return Ok(Vec::new()),
                 Some(_) => {}
             }
         }
@@ -64,7 +73,19 @@ impl OnchainWallet {
         if worth_persisting {
             inner.persist()?;
         }
-        Ok(())
+        // Paid to the wallet and spending none of its coins: received from outside.
+        let received = block
+            .txdata
+            .iter()
+            .filter_map(|tx| {
+                let (sent, received) = inner.wallet.sent_and_received(tx);
+                (sent == Amount::ZERO && received > Amount::ZERO).then(|| Received {
+                    txid: tx.compute_txid(),
+                    amount_sat: received.to_sat(),
+                })
+            })
+            .collect();
+        Ok(received)
     }
 
     /// Drops every block above `fork_point` (a reorg in progress); transactions confirmed only in
@@ -119,12 +140,7 @@ impl OnchainWallet {
 
 impl Listen for OnchainWallet {
     fn filtered_block_connected(&self, header: &Header, txdata: &TransactionData, height: u32) {
-        // bdk reads only the header and the transactions; positions do not matter to it.
-        let block = Block {
-            header: *header,
-            txdata: txdata.iter().map(|(_, tx)| (*tx).clone()).collect(),
-        };
-        if let Err(e) = self.connect_block(&block, height) {
+        if let Err(e) = self.connect_block(&block_of(header, txdata), height) {
             tracing::error!(error = %e, height, "wallet could not connect block");
         }
     }
@@ -144,6 +160,15 @@ impl Listen for OnchainWallet {
             // Not fatal: the first block of the new branch replaces the stale ones anyway.
             tracing::error!(error = %e, height = fork_point.height, "wallet could not disconnect blocks");
         }
+    }
+}
+
+/// The block the wallet reads from a filtered one: bdk reads only the header and the
+/// transactions; positions do not matter to it.
+pub(crate) fn block_of(header: &Header, txdata: &TransactionData) -> Block {
+    Block {
+        header: *header,
+        txdata: txdata.iter().map(|(_, tx)| (*tx).clone()).collect(),
     }
 }
 

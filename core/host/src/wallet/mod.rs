@@ -22,6 +22,8 @@ use bitcoin::{Address, Network, OutPoint, Script};
 use lightning::util::persist::KVStoreSync;
 
 pub use error::WalletError;
+pub(crate) use listen::block_of;
+pub use listen::Received;
 pub use persist::{PRIMARY_NAMESPACE, SECONDARY_NAMESPACE};
 
 use persist::ChangeSetLog;
