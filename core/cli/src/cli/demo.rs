@@ -1,7 +1,10 @@
 //! `flotilla demo`: a regtest chain, one host with N nodes in a ring of channels, M payments.
 //! Every node's signer runs as its own `flotilla signer` process that dials the host's hub:
-//! the host process holds no node's key.
+//! the host process holds no node's key. The payments go through the node API, each node
+//! driven with its own token; with `--keep` everything stays up (and the summary names the
+//! API, its CA and the tokens) so `flotilla node` can be tried against it.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,10 +13,14 @@ use std::time::{Duration, Instant};
 use bitcoin::hashes::Hash;
 use bitcoin::Amount;
 use clap::Args;
+use flotilla_client::{pb, NodeClient};
+use flotilla_host::api::token::{Grant, Scope, Scopes};
+use flotilla_host::api::tokens::Tokens;
+use flotilla_host::api::ApiServer;
 use flotilla_host::signer_client::hub::SignerHub;
 use flotilla_host::signer_client::link::SignerLink;
 use flotilla_host::signer_client::tls::{HubTls, CA_FILE};
-use flotilla_host::{Host, HostConfig, Node, PaymentOutcome};
+use flotilla_host::{Host, HostConfig, Node};
 use flotilla_regtest::{wait_until, Regtest};
 use serde::Serialize;
 
@@ -34,6 +41,10 @@ pub struct DemoArgs {
     /// Where the chain, the host's database and the seeds go (kept afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Keep the chain, host, API and signers serving after the payments, until SIGINT or
+    /// SIGTERM (the summary is written first).
+    #[arg(long)]
+    keep: bool,
 }
 
 /// What the demo did, for people and for scripts.
@@ -53,6 +64,11 @@ pub struct DemoSummary {
     pub signer_requests: u64,
     /// The host's database, the signers' seeds, configs and state (left for inspection).
     pub data_dir: PathBuf,
+    /// The node API (`flotilla node --host`), the CA its certificate chains to (`--ca`), and
+    /// for each node (by alias) a token with every scope of that node (`--token`).
+    pub api_url: String,
+    pub ca_file: PathBuf,
+    pub tokens: BTreeMap<String, String>,
 }
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -80,6 +96,15 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let tls_dir = dir.join("hub-tls");
     let tls = HubTls::load_or_generate(&tls_dir, &super::host::hub_names())?;
     let hub = SignerHub::start("127.0.0.1:0".parse()?, &tls).await?;
+    let api = ApiServer::start(
+        "127.0.0.1:0".parse()?,
+        &tls,
+        host.clone(),
+        Some(hub.clone()),
+    )
+    .await?;
+    let api_url = format!("https://{}", api.local_addr());
+    let ca_file = tls_dir.join(CA_FILE);
     let signers_dir = dir.join("signers");
     std::fs::create_dir_all(&signers_dir)?;
     let mut signer_processes = Vec::new();
@@ -98,6 +123,17 @@ pub async fn run(args: DemoArgs) -> CliResult {
         nodes.push(started??);
     }
     nodes.sort_by(|a, b| a.alias.cmp(&b.alias));
+    // Each node is driven through the API with a token of its own.
+    let issuer = Tokens::new(host.store().clone());
+    let mut tokens = BTreeMap::new();
+    let mut clients = Vec::new();
+    let ca_pem = std::fs::read(&ca_file)?;
+    for node in &nodes {
+        let grant = Grant::new(Some(node.id.to_string()), Scopes::new(Scope::ALL_NODE))?;
+        let (token, _) = issuer.create(&grant, Some("demo".into()), None, 0)?;
+        clients.push(flotilla_client::connect(&api_url, &ca_pem, &token.to_string()).await?);
+        tokens.insert(node.alias.clone(), token.to_string());
+    }
 
     step("funding every node's wallet");
     for node in &nodes {
@@ -140,21 +176,11 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let pay_started = Instant::now();
     let (mut ok, mut failed) = (0, 0);
     for k in 0..args.payments {
-        let payer = &nodes[k % nodes.len()];
-        let payee = &nodes[(k + 1) % nodes.len()];
-        let invoice =
-            payee.create_invoice(Some(PAYMENT_MSAT), &format!("demo payment {k}"), 3600)?;
-        match payer
-            .pay_invoice(&invoice.to_string(), Duration::from_secs(60))
-            .await
-        {
-            Ok(PaymentOutcome::Succeeded { preimage, .. })
-                if bitcoin::hashes::sha256::Hash::hash(&preimage).to_byte_array()
-                    == invoice.payment_hash().to_byte_array() =>
-            {
-                ok += 1
-            }
-            Ok(_) | Err(_) => failed += 1,
+        let (payer, payee) = (k % nodes.len(), (k + 1) % nodes.len());
+        let paid = pay_through_api(&mut clients, payer, payee, k).await;
+        match paid {
+            Ok(true) => ok += 1,
+            Ok(false) | Err(_) => failed += 1,
         }
         progress(k + 1, args.payments, ok, failed);
     }
@@ -180,13 +206,10 @@ pub async fn run(args: DemoArgs) -> CliResult {
         }),
         signer_requests: nodes.iter().map(|n| n.signer_requests()).sum(),
         data_dir: dir.clone(),
+        api_url,
+        ca_file,
+        tokens,
     };
-    host.shutdown().await;
-    hub.shutdown().await;
-    for mut child in signer_processes {
-        let _ = child.kill().await;
-    }
-    chain.stop().await?;
 
     println!("Flotilla demo");
     println!("  nodes hosted        {}", summary.nodes);
@@ -206,14 +229,66 @@ pub async fn run(args: DemoArgs) -> CliResult {
     );
     println!("  elapsed             {} s", summary.elapsed_s);
     println!("  data                {}", summary.data_dir.display());
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
         println!("  summary written to  {}", path.display());
     }
+    if args.keep {
+        println!("  node API            {}", summary.api_url);
+        println!("  CA                  {}", summary.ca_file.display());
+        for (alias, token) in &summary.tokens {
+            println!("  token {alias:<13} {token}");
+        }
+        println!("serving until Ctrl-C (SIGINT) or SIGTERM; try: flotilla node --host URL --ca FILE --token T info");
+        super::wait_for_signal().await;
+    }
+    api.shutdown().await;
+    host.shutdown().await;
+    hub.shutdown().await;
+    for mut child in signer_processes {
+        let _ = child.kill().await;
+    }
+    chain.stop().await?;
     if summary.payments_failed > 0 {
         return Err(format!("{} payments failed", summary.payments_failed).into());
     }
     Ok(())
+}
+
+/// Pays an invoice of node `payee` from node `payer`, both through the node API: whether it
+/// succeeded with the invoice's preimage.
+async fn pay_through_api(
+    clients: &mut [NodeClient],
+    payer: usize,
+    payee: usize,
+    k: usize,
+) -> Result<bool, tonic::Status> {
+    let invoice = clients[payee]
+        .create_invoice(pb::CreateInvoiceRequest {
+            amount_msat: Some(PAYMENT_MSAT),
+            description: format!("demo payment {k}"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let paid = clients[payer]
+        .pay_invoice(pb::PayInvoiceRequest {
+            bolt11: invoice.bolt11,
+            wait: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let preimage = paid
+        .preimage
+        .as_deref()
+        .and_then(|p| <[u8; 32] as bitcoin::hex::FromHex>::from_hex(p).ok());
+    Ok(paid.status() == pb::PaymentStatus::Succeeded
+        && preimage.is_some_and(|p| {
+            bitcoin::hex::DisplayHex::to_lower_hex_string(
+                &bitcoin::hashes::sha256::Hash::hash(&p).to_byte_array()[..],
+            ) == invoice.payment_hash
+        }))
 }
 
 fn round2(x: f64) -> f64 {
